@@ -38,9 +38,9 @@ def test_make_run_from_fresh_clone_serves_ready_and_stops_cleanly(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMS_", "VIRTUAL_ENV"))}
     env["OMS_PORT"] = str(port)
-    log = (tmp_path / "run.log").open("wb")
-    proc = subprocess.Popen(["make", "run"], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with (tmp_path / "run.log").open("wb") as log:
+        proc = subprocess.Popen(["make", "run"], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + 480
         status = None
@@ -59,7 +59,7 @@ def test_make_run_from_fresh_clone_serves_ready_and_stops_cleanly(tmp_path):
         os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=60)
     output = (tmp_path / "run.log").read_text()
-    assert code in (0, 2), output[-3000:]  # make reports the interrupted recipe with 2
+    assert code in (0, 2, -signal.SIGINT), output[-3000:]  # make may die of the SIGINT itself
     assert "gateway listening on" in output and "dev-admin-key" in output
     assert "stopping embedded Valkey" in output and "stopping embedded Postgres" in output
     assert "Traceback" not in output
