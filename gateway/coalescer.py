@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway import keys
 from gateway.errors import BackendDown, IdempotencyMismatch, InsufficientStock, Overloaded
@@ -136,7 +136,7 @@ class Coalescer:
             reply, acked = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise BackendDown("Redis is unreachable") from exc
-        if isinstance(reply, ResponseError) and "NOSCRIPT" in str(reply):
+        if isinstance(reply, NoScriptError):
             await self.scripts.load()
             return await self._call(ks, args)
         if isinstance(reply, Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway import appkeys as K
 from tests.conftest import auth, order_body
 
 
@@ -74,6 +75,6 @@ async def test_order_is_readable_right_after_201_and_after_writer(gw):
     got = await gw.client.get("/v1/orders/read-1", headers=auth("k-ops"))
     assert await got.json() == created
     await gw.caught_up()
-    await gw.app[__import__("gateway.appkeys", fromlist=["REDIS"]).REDIS].delete("oms:{p0}:order:read-1")
+    await gw.app[K.REDIS].delete("oms:{p0}:order:read-1")
     from_pg = await (await gw.client.get("/v1/orders/read-1", headers=auth("k-ops"))).json()
     assert from_pg == created
