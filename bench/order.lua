@@ -12,14 +12,3 @@ request = function()
     prefix, counter, counter % 5000, sku)
   return wrk.format("POST", "/v1/orders", headers, body)
 end
-
-local statuses = {}
-response = function(status)
-  statuses[status] = (statuses[status] or 0) + 1
-end
-
-done = function(summary, latency, requests)
-  for status, n in pairs(statuses) do
-    io.write(string.format("status %d: %d\n", status, n))
-  end
-end

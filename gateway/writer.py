@@ -77,7 +77,12 @@ class Writer:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def wait_idle(self) -> None:
-        """Return once a full pass (claim and read) found nothing after this call began."""
+        """Return once a full pass after this call began found nothing to claim, nothing to read
+        and nothing pending in the group.
+
+        Pending counts too: a dead writer's entries are invisible to claim and read until
+        ``claim_idle_ms`` has passed, and "idle" must not mean they were forgotten.
+        """
         async with self._tick:
             target = self._idle_ticks + 2
             await self._tick.wait_for(lambda: self._idle_ticks >= target or self._task is None
@@ -109,7 +114,7 @@ class Writer:
                     backlog = False
                 if entries:
                     await self._write(stream, entries)
-                elif not claimed and not backlog:
+                elif not claimed and not backlog and await self._settled(stream):
                     async with self._tick:
                         self._idle_ticks += 1
                         self._tick.notify_all()
@@ -123,6 +128,10 @@ class Writer:
                 log.exception("writer %s: batch failed, retrying", self.name)
                 backlog = True
                 await asyncio.sleep(0.5)
+
+    async def _settled(self, stream: str) -> bool:
+        """No entry pending in the group: none in another writer's batch, none left by a dead one."""
+        return (await self.redis.xpending(stream, keys.WRITER_GROUP))["pending"] == 0
 
     async def _claim(self, stream: str) -> list[Entry]:
         reply = await self.redis.xautoclaim(
