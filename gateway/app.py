@@ -21,7 +21,14 @@ from gateway import db, routes
 from gateway.auth import Authenticator
 from gateway.coalescer import Coalescer
 from gateway.config import DEV_ADMIN_KEY, DEV_JWT_SECRET, Settings
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge, Unavailable
+from gateway.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from gateway.inventory import WarehouseCache
 from gateway.scripts import Scripts
 from gateway.writer import Writer
@@ -30,8 +37,13 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def problem_response(err: GatewayError) -> web.Response:
-    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Unavailable) else None
+def problem_response(err: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
+    """The problem+json answer; a 401 names its scheme (RFC 9110 requires it), a 503 when to retry."""
+    headers = dict(headers or {})
+    if isinstance(err, Unavailable):
+        headers["Retry-After"] = str(err.retry_after)
+    elif isinstance(err, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
     return web.Response(
         body=orjson.dumps(err.problem()), status=err.status,
         content_type="application/problem+json", headers=headers,
@@ -49,8 +61,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
     except web.HTTPNotFound:
         return problem_response(NotFound(f"No route for {request.path}"))
-    except web.HTTPMethodNotAllowed:
-        return problem_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
+    except web.HTTPMethodNotAllowed as exc:
+        return problem_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"),
+                                {"Allow": exc.headers["Allow"]})
     except web.HTTPException:
         raise
     except Exception:

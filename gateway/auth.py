@@ -7,14 +7,18 @@ verified token is remembered until its ``exp``: a buyer's repeated tries cost a 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+import warnings
 from collections.abc import Mapping
 
 import jwt
+from jwt.warnings import InsecureKeyLengthWarning
 
-from gateway.config import ApiKey
+from gateway.config import MIN_JWT_SECRET, ApiKey
 from gateway.errors import Forbidden, Unauthorized
 
+log = logging.getLogger(__name__)
 CACHE_LIMIT = 200_000
 
 
@@ -36,6 +40,9 @@ class Authenticator:
         self.services = {key: Principal(k.role, k.channel) for key, k in api_keys.items()}
         self.secret = jwt_secret
         self._users: dict[str, tuple[Principal, float]] = {}
+        if len(jwt_secret.encode()) < MIN_JWT_SECRET:
+            log.warning("OMS_JWT_SECRET is shorter than %d bytes; fine for development only",
+                        MIN_JWT_SECRET)
 
     def authenticate(self, header: str | None) -> Principal:
         if not header:
@@ -53,9 +60,11 @@ class Authenticator:
 
     def _verify(self, token: str) -> Principal:
         try:
-            claims = jwt.decode(
-                token, self.secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
-            )
+            with warnings.catch_warnings():  # a short secret was reported once, at start
+                warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+                claims = jwt.decode(
+                    token, self.secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+                )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("Token expired", code="token_expired") from None
         except jwt.InvalidTokenError:

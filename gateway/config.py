@@ -13,6 +13,7 @@ from typing import Any
 
 DEV_ADMIN_KEY = "dev-admin-key"
 DEV_JWT_SECRET = "dev-secret"
+MIN_JWT_SECRET = 32  # bytes; RFC 7518 3.2 wants an HS256 key of at least 256 bits
 ROLES = ("admin", "ops", "payments", "storefront")
 CHANNELS = ("web", "app", "store", "api", "marketplace")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -106,6 +107,9 @@ class Settings:
             jwt_secret = jwt_secret or DEV_JWT_SECRET
         if env == "production" and (DEV_ADMIN_KEY in api_keys or jwt_secret == DEV_JWT_SECRET):
             raise ConfigError("OMS_ENV=production refuses the development key or secret")
+        if env == "production" and len(jwt_secret.encode()) < MIN_JWT_SECRET:
+            raise ConfigError(f"OMS_JWT_SECRET: production needs at least {MIN_JWT_SECRET} bytes "
+                              "(RFC 7518: an HS256 key is at least as long as its hash)")
         return cls(
             redis_url=redis_url,
             database_url=database_url,
@@ -156,16 +160,20 @@ def _bool(v: Mapping[str, str], key: str, default: bool) -> bool:
 def _parse_api_keys(raw: str) -> dict[str, ApiKey]:
     """Parse ``role[:channel]=key,...``; a storefront key must name its channel."""
     keys: dict[str, ApiKey] = {}
-    for part in filter(None, (p.strip() for p in raw.split(","))):
+    for n, part in enumerate(filter(None, (p.strip() for p in raw.split(","))), 1):
         spec, sep, key = part.partition("=")
         role, _, channel = spec.partition(":")
-        if not sep or not key:
-            raise ConfigError(f"OMS_API_KEYS: expected role[:channel]=key, got {spec!r}=…")
+        if not sep:  # most likely a bare key: name the entry, never echo it
+            raise ConfigError(f"OMS_API_KEYS: entry {n} is not role[:channel]=key")
+        if not key:
+            raise ConfigError(f"OMS_API_KEYS: expected role[:channel]=key, got {spec!r}= with no key")
         if role not in ROLES:
             raise ConfigError(f"OMS_API_KEYS: unknown role {role!r} (one of {', '.join(ROLES)})")
         if role == "storefront" and channel not in CHANNELS:
             raise ConfigError(f"OMS_API_KEYS: storefront key needs a channel ({', '.join(CHANNELS)})")
         if role != "storefront" and channel:
             raise ConfigError(f"OMS_API_KEYS: only storefront keys take a channel, not {role}")
+        if key in keys:
+            raise ConfigError(f"OMS_API_KEYS: entry {n} repeats a key given before; each key has one role")
         keys[key] = ApiKey(role, channel or None)
     return keys

@@ -23,14 +23,18 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Apply pending migrations, each in its own transaction; returns the versions applied."""
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations "
-        "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-    )
+    """Apply pending migrations, each in its own transaction; returns the versions applied.
+
+    The lock comes first: two concurrent ``CREATE TABLE IF NOT EXISTS`` of the same table
+    can both pass the check, and the loser fails on a unique violation in ``pg_type``.
+    """
     applied: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         for version, name, sql in migrations():
             if version in done:

@@ -60,10 +60,6 @@ class PayloadTooLarge(GatewayError):
     status, code, title = 413, "payload_too_large", "Request body too large"
 
 
-class UnsupportedMediaType(GatewayError):
-    status, code, title = 415, "unsupported_media_type", "Body must be application/json"
-
-
 class Invalid(GatewayError):
     status, code, title = 422, "invalid", "Invalid request"
 

@@ -17,7 +17,7 @@ from gateway.errors import BadRequest, Invalid
 OrderId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 WarehouseId = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
-UserId = Annotated[str, Meta(min_length=1, max_length=128)]
+UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 SaleId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 Region = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^|;,=]+$")]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]

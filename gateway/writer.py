@@ -77,11 +77,10 @@ class Writer:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def wait_idle(self) -> None:
-        """Return once a full pass after this call began found nothing to claim, nothing to read
-        and nothing pending in the group.
+        """Return once a full pass after this call began found nothing to claim, read or pending.
 
-        Pending counts too: a dead writer's entries are invisible to claim and read until
-        ``claim_idle_ms`` has passed, and "idle" must not mean they were forgotten.
+        Pending counts: a dead writer's entries are out of reach of claim and read until
+        ``claim_idle_ms`` has passed, and idle must not mean they were left behind.
         """
         async with self._tick:
             target = self._idle_ticks + 2
@@ -254,6 +253,7 @@ class Rows:
                      RETURNING sku, warehouse, delta)
                    INSERT INTO inventory (sku, warehouse, on_hand)
                    SELECT sku, warehouse, sum(delta) FROM ins GROUP BY sku, warehouse
+                   ORDER BY sku, warehouse  -- one lock order for every writer: no deadlock
                    ON CONFLICT (sku, warehouse) DO UPDATE
                      SET on_hand = inventory.on_hand + excluded.on_hand, updated_at = now()""",
                 *_columns(self.moves, 8),

@@ -1,0 +1,227 @@
+"""A writer killed mid-stream loses no order and writes none twice.
+
+The gateway runs without its own writer; the tests place orders, then run writers by hand
+with a fault hook that kills one (``WriterCrash``) at a chosen point of a chosen batch:
+inside the transaction before COMMIT, or after COMMIT before XACK. Another writer, or the
+same one restarted, must then leave every accepted order in PostgreSQL exactly once, the
+ledger and the inventory table counted once, and the stream empty with nothing pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gateway import keys
+from gateway.writer import Writer, WriterCrash
+from tests.conftest import order_body
+
+STREAM = keys.events()
+BATCH = 50
+CLAIM_IDLE_MS = 150
+
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def crash_on(stage: str, call: int) -> Callable[[str], None]:
+    """A fault hook that kills the writer the ``call``-th time it reaches ``stage``."""
+    seen = 0
+
+    def hook(at: str) -> None:
+        nonlocal seen
+        if at == stage:
+            seen += 1
+            if seen == call:
+                raise WriterCrash(f"killed at {stage} of batch {call}")
+
+    return hook
+
+
+@pytest.fixture
+async def writers(redis, pg) -> AsyncIterator[Callable[..., Writer]]:
+    """Writers built by the test; any still running at the end is stopped without draining."""
+    made: list[Writer] = []
+
+    def make(name: str, *, fault: Callable[[str], None] | None = None,
+             claim_idle_ms: int = CLAIM_IDLE_MS) -> Writer:
+        writer = Writer(redis, pg, batch=BATCH, claim_idle_ms=claim_idle_ms, name=name, fault=fault)
+        made.append(writer)
+        return writer
+
+    yield make
+    for writer in made:
+        await writer.close(drain=False)
+
+
+async def stock_up(gw) -> None:
+    await gw.set_stock("HOT", {"W1": 100, "W2": 400})
+    await gw.set_stock("ACC", {"W2": 300})
+
+
+async def place_orders(gw, prefix: str, n: int) -> dict[str, dict[str, Any]]:
+    """Submit ``n`` two-line orders at once; returns the 201 bodies by order id."""
+
+    async def one(i: int) -> dict[str, Any]:
+        items = [{"sku": "HOT", "qty": 1 + i % 2}, {"sku": "ACC", "qty": 1}]
+        resp = await gw.post("/v1/orders", order_body(f"{prefix}-{i}", f"u-{i}", items))
+        assert resp.status == 201, await resp.text()
+        return await resp.json()
+
+    return {b["order_id"]: b for b in await asyncio.gather(*(one(i) for i in range(n)))}
+
+
+async def killed(task: asyncio.Task[None]) -> None:
+    with pytest.raises(WriterCrash):
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def caught_up(*running: Writer) -> None:
+    await asyncio.wait_for(asyncio.gather(*(w.wait_idle() for w in running)), timeout=30)
+
+
+async def pending_ids(redis, consumer: str) -> list[bytes]:
+    rows = await redis.xpending_range(STREAM, keys.WRITER_GROUP, min="-", max="+", count=10_000,
+                                      consumername=consumer)
+    return [r["message_id"] for r in rows]
+
+
+def order_ids(entries: Entries) -> set[str]:
+    return {f[b"o"].decode() for _, f in entries if f[b"t"] == b"order.accepted"}
+
+
+async def pg_order_ids(pg) -> set[str]:
+    return {r["order_id"] for r in await pg.fetch("SELECT order_id FROM orders")}
+
+
+async def assert_each_order_once(gw, redis, pg, orders: dict[str, dict[str, Any]], moves: int) -> None:
+    """Every accepted order, line, allocation and event once; the ledger and inventory counted once."""
+    assert await pg_order_ids(pg) == set(orders)
+    assert await pg.fetchval("SELECT count(*) FROM orders") == len(orders)
+
+    items = await pg.fetch("SELECT order_id, sku, qty FROM order_items")
+    assert sorted(tuple(r) for r in items) == sorted(
+        (oid, i["sku"], i["qty"]) for oid, o in orders.items() for i in o["items"])
+
+    allocs = await pg.fetch("SELECT order_id, sku, warehouse, qty FROM allocations")
+    assert sorted(tuple(r) for r in allocs) == sorted(
+        (oid, a["sku"], a["warehouse"], a["qty"]) for oid, o in orders.items() for a in o["allocations"])
+
+    events = await pg.fetch("SELECT order_id, seq, type FROM order_events")
+    assert Counter(r["order_id"] for r in events) == Counter(set(orders))
+    assert {(r["seq"], r["type"]) for r in events} == {(1, "order.accepted")}
+
+    assert await pg.fetchval("SELECT count(*) FROM inventory_movements") == moves
+    for sku in ("HOT", "ACC"):
+        view = await gw.stock(sku)
+        rows = await pg.fetch("SELECT warehouse, on_hand FROM inventory WHERE sku = $1", sku)
+        assert dict(rows) == {wh: w["on_hand"] for wh, w in view["warehouses"].items()}
+        ledger = await pg.fetch(
+            "SELECT warehouse, sum(delta) FROM inventory_movements WHERE sku = $1 GROUP BY warehouse", sku)
+        assert dict(ledger) == dict(rows)
+
+    assert await redis.xlen(STREAM) == 0
+    assert (await redis.xpending(STREAM, keys.WRITER_GROUP))["pending"] == 0
+
+
+async def test_writer_killed_before_commit_writes_nothing_of_its_batch_and_another_writer_claims_it(
+    make_gateway, redis, pg, writers
+):
+    gw = await make_gateway(run_writer=False)
+    await stock_up(gw)
+    orders = await place_orders(gw, "bc", 250)
+    entries: Entries = await redis.xrange(STREAM)
+    assert len(entries) == 253
+
+    dead = writers("w-dead", fault=crash_on("before_commit", 3))
+    await killed(dead.start())
+    held = await pending_ids(redis, "w-dead")
+    assert held == [e[0] for e in entries[2 * BATCH: 3 * BATCH]]
+    assert await pg_order_ids(pg) == order_ids(entries[: 2 * BATCH])
+
+    heir = writers("w-heir")
+    heir.start()
+    await caught_up(heir)
+    assert heir.written == len(entries) - 2 * BATCH  # the dead writer's batch and the rest
+    await assert_each_order_once(gw, redis, pg, orders, moves=3)
+
+
+async def test_writer_killed_between_commit_and_ack_is_redelivered_without_duplicates(
+    make_gateway, redis, pg, writers
+):
+    gw = await make_gateway(run_writer=False)
+    await stock_up(gw)
+    orders = await place_orders(gw, "ac-a", 120)
+    await gw.set_stock("HOT", {"W2": 600})  # an inventory.moved entry inside the third batch
+    orders |= await place_orders(gw, "ac-b", 130)
+    entries: Entries = await redis.xrange(STREAM)
+    crashed = entries[2 * BATCH: 3 * BATCH]
+    assert any(f[b"t"] == b"inventory.moved" for _, f in crashed)
+
+    dead = writers("w-dead", fault=crash_on("after_commit", 3))
+    await killed(dead.start())
+    assert await pending_ids(redis, "w-dead") == [e[0] for e in crashed]
+    assert await pg_order_ids(pg) == order_ids(entries[: 3 * BATCH])  # committed, not acknowledged
+    assert await pg.fetchval("SELECT on_hand FROM inventory WHERE sku = 'HOT' AND warehouse = 'W2'") == 600
+
+    heir = writers("w-heir")
+    heir.start()
+    await caught_up(heir)
+    assert heir.written == len(entries) - 2 * BATCH
+    await assert_each_order_once(gw, redis, pg, orders, moves=4)
+    assert (await gw.stock("HOT"))["warehouses"]["W2"]["on_hand"] == 600
+
+
+@pytest.mark.parametrize("stage", ["before_commit", "after_commit"])
+async def test_writer_restarted_under_same_name_rereads_its_pending_entries_without_claim_delay(
+    make_gateway, redis, pg, writers, stage
+):
+    gw = await make_gateway(run_writer=False)
+    await stock_up(gw)
+    orders = await place_orders(gw, "rs", 200)
+
+    first = writers("w-1", fault=crash_on(stage, 2))
+    await killed(first.start())
+    assert len(await pending_ids(redis, "w-1")) == BATCH
+
+    # An hour of claim delay: only its own backlog read can bring those entries back in time.
+    again = writers("w-1", claim_idle_ms=3_600_000)
+    again.start()
+    await caught_up(again)
+    await assert_each_order_once(gw, redis, pg, orders, moves=3)
+    consumers = await redis.xinfo_consumers(STREAM, keys.WRITER_GROUP)
+    assert [c["name"] for c in consumers] == [b"w-1"]
+
+
+async def test_two_writers_at_once_write_each_order_once(make_gateway, redis, pg, writers):
+    gw = await make_gateway(run_writer=False)
+    await stock_up(gw)
+    pair = [writers("w-a"), writers("w-b")]
+    for writer in pair:
+        writer.start()
+    orders = await place_orders(gw, "tw-a", 150)
+    await gw.set_stock("HOT", {"W2": 700})
+    orders |= await place_orders(gw, "tw-b", 150)
+
+    await caught_up(*pair)
+    await assert_each_order_once(gw, redis, pg, orders, moves=4)
+    assert sum(w.written for w in pair) >= len(orders) + 4
+
+
+async def test_one_of_two_writers_killed_mid_stream_survivor_claims_its_batch(
+    make_gateway, redis, pg, writers
+):
+    gw = await make_gateway(run_writer=False)
+    await stock_up(gw)
+    orders = await place_orders(gw, "ks", 300)
+
+    doomed = writers("w-doomed", fault=crash_on("before_commit", 1))
+    survivor = writers("w-survivor")
+    doomed_task = doomed.start()
+    survivor.start()
+    await killed(doomed_task)
+    await caught_up(survivor)
+    await assert_each_order_once(gw, redis, pg, orders, moves=3)
