@@ -1,8 +1,9 @@
 """The application factory: routes, the error edge, and one cleanup context per resource.
 
 ``create_app`` opens nothing; resources open in order when the app starts (Redis and its
-scripts, PostgreSQL with migrations, the warehouse cache, the coalescer, the writer) and
-close in reverse: the coalescer answers what it holds before the writer drains.
+scripts, PostgreSQL with migrations, the warehouse cache, the coalescer, the writer, the
+webhook sender) and close in reverse: the webhook sender stops first, and the coalescer
+answers what it holds before the writer drains.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiohttp import web
 from redis.exceptions import ResponseError
 
 from gateway import appkeys as K
-from gateway import db, routes
+from gateway import db, feed, routes, webhooks
 from gateway.auth import Authenticator
 from gateway.coalescer import Coalescer
 from gateway.config import DEV_ADMIN_KEY, DEV_JWT_SECRET, Settings
@@ -29,7 +30,9 @@ from gateway.errors import (
     Unauthorized,
     Unavailable,
 )
+from gateway.expirer import Expirer
 from gateway.inventory import WarehouseCache
+from gateway.sales import SaleCache
 from gateway.scripts import Scripts
 from gateway.writer import Writer
 
@@ -116,8 +119,11 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         wait_aof = False
     else:
         wait_aof = await wait_aof_supported(client)
+    sales = SaleCache(client)
+    await sales.load()
+    app[K.SALES] = sales
     coalescer = Coalescer(
-        app[K.SCRIPTS], cache, reservation_ttl=settings.reservation_ttl,
+        app[K.SCRIPTS], cache, sales, reservation_ttl=settings.reservation_ttl,
         record_ttl=settings.idempotency_ttl, max_in_flight=settings.max_in_flight,
         max_batch=settings.max_batch, wait_aof=wait_aof,
     )
@@ -129,22 +135,37 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.run_writer:
         writer.start()
     app[K.WRITER] = writer
+    expirer = Expirer(app)
+    expirer.start()
+    app[K.EXPIRER] = expirer
     yield
+    await expirer.close()
     await coalescer.close()
     try:
         await asyncio.wait_for(writer.close(drain=True), timeout=15)
     except TimeoutError:
         log.warning("writer did not drain in 15 s; the rest is written on the next start")
         await writer.close(drain=False)
-    await cache.close()
+
+
+async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[K.SETTINGS]
+    assert settings.database_url
+    sender = webhooks.Sender(app[K.PG], settings.database_url)
+    sender.start()
+    app[K.WEBHOOKS] = sender
+    yield
+    await sender.close()
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body, middlewares=[problems])
     app[K.SETTINGS] = settings
     app[K.AUTH] = Authenticator(settings.api_keys, settings.jwt_secret)
-    app.cleanup_ctx.extend([redis_ctx, pg_ctx, engine_ctx])
+    app.cleanup_ctx.extend([redis_ctx, pg_ctx, engine_ctx, webhooks_ctx])
     routes.setup(app)
+    feed.setup(app)
+    webhooks.setup(app)
     if settings.dev_credentials:
         log.warning("development credentials active: admin key %r, JWT secret %r "
                     "(set OMS_API_KEYS and OMS_JWT_SECRET)", DEV_ADMIN_KEY, DEV_JWT_SECRET)

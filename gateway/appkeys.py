@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -10,8 +12,13 @@ from gateway.auth import Authenticator
 from gateway.coalescer import Coalescer
 from gateway.config import Settings
 from gateway.inventory import WarehouseCache
+from gateway.sales import SaleCache
 from gateway.scripts import Scripts
 from gateway.writer import Writer
+
+if TYPE_CHECKING:  # these modules import this one for their handlers and tasks
+    from gateway.expirer import Expirer
+    from gateway.webhooks import Sender
 
 SETTINGS = web.AppKey("settings", Settings)
 AUTH = web.AppKey("auth", Authenticator)
@@ -21,3 +28,6 @@ PG = web.AppKey("pg", asyncpg.Pool)
 WAREHOUSES = web.AppKey("warehouses", WarehouseCache)
 COALESCER = web.AppKey("coalescer", Coalescer)
 WRITER = web.AppKey("writer", Writer)
+EXPIRER: web.AppKey[Expirer] = web.AppKey("expirer")
+SALES = web.AppKey("sales", SaleCache)
+WEBHOOKS: web.AppKey[Sender] = web.AppKey("webhooks")

@@ -1,4 +1,4 @@
-"""``python -m gateway``: serve, migrate."""
+"""``python -m gateway``: serve, migrate, audit verify."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway import db
 from gateway.app import create_app
+from gateway.audit import verify
 from gateway.config import ConfigError, Settings
 from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
 
@@ -67,11 +68,32 @@ def migrate(settings: Settings) -> None:
         print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
 
 
+def audit(settings: Settings, action: str) -> int:
+    async def run(url: str) -> tuple[int, dict[str, object] | None]:
+        pool = await db.create_pool(url)
+        try:
+            return await verify(pool)
+        finally:
+            await pool.close()
+
+    with backends(settings) as settings:
+        assert settings.database_url
+        checked, broken = asyncio.run(run(settings.database_url))
+    if broken is None:
+        print(f"audit chain intact: {checked} event(s) verified")
+        return 0
+    print(f"audit chain BROKEN at event id {broken['id']} (order {broken['order_id']}, seq {broken['seq']}, "
+          f"{broken['type']}); {checked} event(s) before it verified")
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Flash-sale order gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="start the gateway (and embedded servers when no URLs are set)")
     sub.add_parser("migrate", help="apply pending SQL migrations")
+    audit_cmd = sub.add_parser("audit", help="check the tamper-evident event chain")
+    audit_cmd.add_argument("action", choices=["verify"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -79,5 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "audit":
+        return audit(settings, args.action)
     {"serve": serve, "migrate": migrate}[args.command](settings)
     return 0

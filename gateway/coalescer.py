@@ -17,9 +17,10 @@ import orjson
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway import keys
-from gateway.errors import BackendDown, IdempotencyMismatch, InsufficientStock, Overloaded
+from gateway.errors import BackendDown, Conflict, IdempotencyMismatch, InsufficientStock, Overloaded
 from gateway.inventory import WarehouseCache
 from gateway.models import OrderIn, render_order
+from gateway.sales import PriceMismatch, SaleCache, SaleNotActive
 from gateway.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,18 @@ log = logging.getLogger(__name__)
 Result = tuple[int, dict[str, Any]]
 
 
+class LimitExceeded(Conflict):
+    code, title = "limit_exceeded", "The per-user limit of this sale would be exceeded"
+
+
+
+
 class Coalescer:
     def __init__(
         self,
         scripts: Scripts,
         warehouses: WarehouseCache,
+        sales: SaleCache,
         *,
         reservation_ttl: int,
         record_ttl: int,
@@ -41,6 +49,7 @@ class Coalescer:
     ) -> None:
         self.scripts = scripts
         self.warehouses = warehouses
+        self.sales = sales
         self.ttl_ms = reservation_ttl * 1000
         self.record_ttl = record_ttl
         self.max_in_flight = max_in_flight
@@ -111,19 +120,26 @@ class Coalescer:
                 self._idle.set()
 
     async def _reserve(self, batch: list[tuple[OrderIn, bytes, Any]]) -> list[Any]:
-        prefs = self.warehouses.priority_order()
-        ks = [keys.events(), keys.expiry(), keys.wh_version()]
+        ks = [keys.events(), keys.expiry(), keys.wh_version(), keys.sale_version()]
         orders = []
         for order, payload, _ in batch:
             ks.append(keys.order(order.order_id))
+            if order.sale_id is not None:
+                ks += [keys.sale(order.sale_id), keys.sale_user(order.sale_id, order.user_id)]
             ks.extend(keys.stock(item.sku) for item in order.items)
-            lines = [[item.sku, item.qty, 0] for item in order.items]
-            orders.append([order.order_id, payload.decode(), self.ttl_ms, lines])
-        packed = orjson.dumps({"p": [prefs], "o": orders})
-        reply = await self._call(ks, [self.record_ttl, packed])
-        self.warehouses.seen_version(int(reply[0]))
+            lines = [[item.sku, item.qty, 0, -1 if item.unit_price is None else item.unit_price]
+                     for item in order.items]
+            orders.append([order.order_id, payload.decode(), self.ttl_ms, lines, order.channel,
+                           int(order.sale_id is not None)])
+        while True:
+            packed = orjson.dumps({"p": [self.warehouses.priority_order()], "o": orders})
+            reply = await self._call(ks, [self.record_ttl, packed, self.warehouses.version])
+            if int(reply[0]) != -1:
+                break
+            await self.warehouses.load()  # another process changed warehouses: plan again
+        await self.sales.refresh(int(reply[1]))
         return [
-            self._decode(order, payload, r) for (order, payload, _), r in zip(batch, reply[1:], strict=True)
+            self._decode(order, payload, r) for (order, payload, _), r in zip(batch, reply[2:], strict=True)
         ]
 
     async def _call(self, ks: list[str], args: list[Any]) -> Any:
@@ -156,6 +172,21 @@ class Coalescer:
             return (201 if code == 1 else 200, body)
         if code == 3:
             return IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
+        if code == 5:
+            return Coalescer._sale_refusal(order, r[1].decode(), int(r[2]), int(r[3]))
         line, missing = int(r[1]), int(r[2])
         sku = order.items[line].sku
         return InsufficientStock(f"{sku}: {missing} more unit(s) needed", sku=sku, missing=missing)
+
+    @staticmethod
+    def _sale_refusal(order: OrderIn, code: str, a: int, b: int) -> Exception:
+        if code == "limit_exceeded":
+            return LimitExceeded(f"you hold {a} unit(s) of a {b}-unit limit in this sale", held=a, limit=b)
+        if code == "price_mismatch":
+            sku = order.items[a].sku
+            return PriceMismatch(f"{sku} costs {b} in this sale", sku=sku, unit_price=b)
+        if code == "sku_not_in_sale":
+            return Conflict(f"{order.items[a].sku} is not part of sale {order.sale_id!r}", code=code)
+        if code == "channel_not_allowed":
+            return Conflict(f"sale {order.sale_id!r} does not sell on channel {order.channel!r}", code=code)
+        return SaleNotActive(f"sale {order.sale_id!r} is not running now")

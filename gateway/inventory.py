@@ -1,13 +1,13 @@
 """Warehouses and stock: the per-process warehouse cache and the stock operations.
 
 Each process keeps the warehouse table in memory to compute preference orders without a
-round trip. Every reserve reply carries the table's version; a process that sees a newer
-one reloads, so a change made through any process reaches all of them within one batch.
+round trip. Every reserve call names the version it planned with; the script refuses a
+stale one, and the process reloads and plans again, so no order is refused for stock in a
+warehouse this process has not heard of yet.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import asyncpg
@@ -31,7 +31,6 @@ class WarehouseCache:
         self.version = -1
         self.by_id: dict[str, Warehouse] = {}
         self._priority: list[str] = []
-        self._reload: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -45,13 +44,6 @@ class WarehouseCache:
     def priority_order(self) -> list[str]:
         return self._priority
 
-    def seen_version(self, version: int) -> None:
-        if version != self.version and (self._reload is None or self._reload.done()):
-            self._reload = asyncio.get_running_loop().create_task(self.load())
-
-    async def close(self) -> None:
-        if self._reload:
-            await asyncio.gather(self._reload, return_exceptions=True)
 
 
 def stock_view(sku: str, raw: dict[bytes, bytes]) -> dict[str, Any]:

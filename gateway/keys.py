@@ -12,6 +12,10 @@ oms:{p}:expiry                     zset     pending order ids scored by reserved
 oms:{p}:events                     stream   events for the writers (deleted once written)
 oms:{p}:warehouses                 hash     ``<wh>`` -> "priority|region|active"; forever
 oms:{p}:wh_version                 string   bumped on every warehouse change
+oms:{p}:sale:<sale_id>             hash     sale rules and live ``sold`` units; forever
+oms:{p}:sales                      set      every sale id
+oms:{p}:sale_version               string   bumped on every sale change
+oms:{p}:sale:<sale_id>:u:<user>    hash     ``units`` a user holds in the sale; sale lifetime
 """
 
 from __future__ import annotations
@@ -46,6 +50,22 @@ def warehouses(p: str = "{p0}") -> str:
 
 def wh_version(p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:wh_version"
+
+
+def sale(sale_id: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:sale:{sale_id}"
+
+
+def sales(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:sales"
+
+
+def sale_version(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:sale_version"
+
+
+def sale_user(sale_id: str, user_id: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:sale:{sale_id}:u:{user_id}"
 
 
 def all_partitions() -> list[str]:

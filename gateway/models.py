@@ -25,6 +25,8 @@ Channel = Literal["web", "app", "store", "api", "marketplace"]
 Qty = Annotated[int, Meta(ge=1, le=1000)]
 Money = Annotated[int, Meta(ge=0, le=10**12)]
 Stock = Annotated[int, Meta(ge=0, le=10**9)]
+EventType = Literal["order.accepted", "order.paid", "order.shipped", "order.completed", "order.cancelled",
+                    "order.refunding", "order.refunded", "inventory.low_stock", "inventory.sold_out"]
 
 
 class Item(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -47,6 +49,10 @@ class OrderIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
     currency: Currency | None = None
 
 
+class BatchIn(Struct, forbid_unknown_fields=True):
+    orders: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=500)]
+
+
 class InventorySet(Struct, forbid_unknown_fields=True):
     warehouses: Annotated[dict[WarehouseId, Stock], Meta(min_length=1, max_length=100)]
 
@@ -57,10 +63,38 @@ class InventoryAdjust(Struct, forbid_unknown_fields=True):
     reason: Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z_]+$")]
 
 
+class PaymentIn(Struct, forbid_unknown_fields=True):
+    payment_id: Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+    amount: Money
+
+
+class CancelIn(Struct, forbid_unknown_fields=True):
+    reason: Literal["customer", "ops", "payment_failed"]
+
+
+Note = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class ShipIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    carrier: Note | None = None
+    tracking: Note | None = None
+
+
+class NoteIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    reason: Note | None = None
+    amount: Money | None = None
+
+
 class WarehouseIn(Struct, forbid_unknown_fields=True):
     region: Region | None = None
     priority: Annotated[int, Meta(ge=1, le=1000)] = 100
     active: bool = True
+
+
+class WebhookIn(Struct, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    events: Annotated[list[EventType | Literal["*"]], Meta(min_length=1, max_length=20)]
+    secret: Annotated[str, Meta(min_length=16, max_length=256)]
 
 
 T = TypeVar("T")

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import datetime as dt
 import re
 from typing import Any
 
+import msgspec
 import orjson
 from aiohttp import web
 
 from gateway import appkeys as K
 from gateway import keys
 from gateway.auth import Principal
-from gateway.errors import Forbidden, Invalid, NotFound
+from gateway.coalescer import Result
+from gateway.errors import Forbidden, GatewayError, Invalid, NotFound
 from gateway.inventory import change_stock, put_warehouse, stock_view
+from gateway.lifecycle import STATUSES
 from gateway.models import (
+    BatchIn,
+    CancelIn,
     InventoryAdjust,
     InventorySet,
+    NoteIn,
+    OrderIn,
+    PaymentIn,
+    ShipIn,
     WarehouseIn,
     decode,
     decode_order,
     encode,
-    render_order,
 )
+from gateway.orders import ORDER_SELECT, change, load_order, may_read, row_view
+from gateway.sales import SaleIn, put_sale, sale_view
 
 ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 SKU = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -43,9 +56,7 @@ def path_id(request: web.Request, name: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
-async def create_order(request: web.Request) -> web.Response:
-    who = principal(request)
-    order = decode_order(await request.read())
+def may_submit(who: Principal, order: OrderIn, services: tuple[str, ...]) -> None:
     if who.role == "user":
         if order.user_id != who.user_id:
             raise Forbidden("A user token may only order for its own user_id")
@@ -53,50 +64,182 @@ async def create_order(request: web.Request) -> web.Response:
         if order.channel != who.channel:
             raise Forbidden(f"This storefront key may only order on channel {who.channel!r}")
     else:
-        who.require("storefront")
-    status, body = await request.app[K.COALESCER].submit(order, encode(order))
+        who.require(*services)
+
+
+async def submit(
+    app: web.Application, who: Principal, body: bytes, services: tuple[str, ...] = ("storefront",)
+) -> asyncio.Future[Result]:
+    """Validate, authorise and price one order, then queue it; the future holds the answer."""
+    order = decode_order(body)
+    may_submit(who, order, services)
+    if order.sale_id is not None:
+        order = await app[K.SALES].apply_prices(order)
+    return app[K.COALESCER].submit(order, encode(order))
+
+
+async def create_order(request: web.Request) -> web.Response:
+    pending = await submit(request.app, principal(request), await request.read())
+    status, body = await pending
     return json(body, status)
 
 
-def may_read(who: Principal, user_id: str, channel: str) -> bool:
+async def create_batch(request: web.Request) -> web.Response:
+    """Up to 500 orders (stores, marketplace imports), each atomic on its own, answered in order."""
+    who = principal(request)
     if who.role == "user":
-        return user_id == who.user_id
-    if who.role == "storefront":
-        return channel == who.channel
-    return who.role in ("admin", "ops", "payments")
+        raise Forbidden("Batch import is for services")
+    if who.role != "storefront":
+        who.require("ops")
+    batch = decode(await request.read(), BatchIn)
+    pending: list[asyncio.Future[Result] | GatewayError] = []
+    for raw in batch.orders:
+        try:
+            pending.append(await submit(request.app, who, bytes(raw), ("storefront", "ops")))
+        except GatewayError as err:
+            pending.append(err)
+    results = []
+    for raw, item in zip(batch.orders, pending, strict=True):
+        if isinstance(item, asyncio.Future):
+            try:
+                status, body = await item
+            except GatewayError as err:
+                status, body = err.status, err.problem()
+        else:
+            status, body = item.status, item.problem()
+        results.append({"order_id": _order_id_of(raw), "status": status, "body": body})
+    return json({"results": results})
+
+
+def _order_id_of(raw: msgspec.Raw) -> str | None:
+    try:
+        value = orjson.loads(bytes(raw))
+    except orjson.JSONDecodeError:
+        return None
+    order_id = value.get("order_id") if isinstance(value, dict) else None
+    return order_id if isinstance(order_id, str) else None
 
 
 async def get_order(request: web.Request) -> web.Response:
     who = principal(request)
-    order_id = request.match_info["order_id"]
-    if not ID.match(order_id):
-        raise NotFound("No such order")
-    order = await load_order(request.app, order_id)
+    order = await load_order(request.app[K.REDIS], request.app[K.PG], order_id_of(request))
     if order is None or not may_read(who, order["user_id"], order["channel"]):
         raise NotFound("No such order")  # never 403: ids cannot be probed
     return json(order)
 
 
-async def load_order(app: web.Application, order_id: str) -> dict[str, Any] | None:
-    """The order as it is now: Redis while it holds the record, else PostgreSQL."""
-    raw = await app[K.REDIS].hmget(keys.order(order_id), "p", "a", "c", "u", "s")
-    if raw[0] is not None:
-        return render_order(orjson.loads(raw[0]), raw[1].decode(), int(raw[2]), int(raw[3]), raw[4].decode())
-    row = await app[K.PG].fetchrow(
-        """SELECT o.payload::text AS payload, o.status,
-                  (extract(epoch FROM o.created_at) * 1000)::bigint AS created_ms,
-                  (extract(epoch FROM o.reserved_until) * 1000)::bigint AS until_ms,
-                  coalesce((SELECT string_agg(g, ';' ORDER BY line_no) FROM (
-                      SELECT i.line_no, string_agg(a.warehouse || '=' || a.qty, ',' ORDER BY a.warehouse) AS g
-                      FROM order_items i JOIN allocations a ON a.order_id = i.order_id AND a.sku = i.sku
-                      WHERE i.order_id = o.order_id GROUP BY i.line_no) lines), '') AS alloc
-           FROM orders o WHERE o.order_id = $1""",
-        order_id,
-    )
-    if row is None:
+def order_id_of(request: web.Request) -> str:
+    order_id = request.match_info["order_id"]
+    if not ID.match(order_id):
+        raise NotFound("No such order")
+    return order_id
+
+
+async def optional_body(request: web.Request, type_: type[Any]) -> Any:
+    body = await request.read()
+    return decode(body if body.strip() else b"{}", type_)
+
+
+async def pay(request: web.Request) -> web.Response:
+    who = principal(request)
+    who.require("payments")
+    body = decode(await request.read(), PaymentIn)
+    data = {"payment_id": body.payment_id, "amount": body.amount}
+    return json(await change(request.app, who, order_id_of(request), "pay", data,
+                             payment_id=body.payment_id, amount=body.amount))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    who = principal(request)
+    if who.role != "user":
+        who.require("ops", "payments")
+    body = decode(await request.read(), CancelIn)
+    if who.role == "user" and body.reason != "customer":
+        raise Forbidden("A buyer cancels with reason 'customer'")
+    return json(await change(request.app, who, order_id_of(request), "cancel", {"reason": body.reason},
+                             reason=body.reason))
+
+
+def service_transition(action: str, body_type: type[Any]) -> Any:
+    """A handler for a transition that ops and payments services drive with an optional body."""
+
+    async def handler(request: web.Request) -> web.Response:
+        who = principal(request)
+        who.require("ops", "payments")
+        body = await optional_body(request, body_type)
+        data = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+        return json(await change(request.app, who, order_id_of(request), action, data))
+
+    return handler
+
+
+LIST_LIMIT = 200
+
+
+def _cursor(created_ms: int, order_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_ms}|{order_id}".encode()).decode()
+
+
+def _parse_cursor(raw: str) -> tuple[dt.datetime, str]:
+    try:
+        ms, _, order_id = base64.urlsafe_b64decode(raw.encode()).decode().partition("|")
+        return dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC), order_id
+    except (ValueError, OverflowError, OSError):  # OverflowError, OSError: a time out of range
+        raise Invalid("cursor is malformed; pass back the 'next' value", code="invalid_cursor") from None
+
+
+def _time_param(q: Any, name: str) -> dt.datetime | None:
+    raw = q.get(name)
+    if raw is None:
         return None
-    return render_order(orjson.loads(row["payload"]), row["alloc"], row["created_ms"], row["until_ms"],
-                        row["status"])
+    try:
+        t = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise Invalid(f"{name} must be an RFC 3339 time", code=f"invalid_{name}") from None
+
+
+async def list_orders(request: web.Request) -> web.Response:
+    """Newest first with a cursor; a user sees only its own orders, a storefront only its channel."""
+    who = principal(request)
+    if who.role not in ("user", "storefront"):
+        who.require("ops")
+    q = request.query
+    try:
+        limit = int(q.get("limit", "50"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= LIST_LIMIT:
+        raise Invalid(f"limit must be 1..{LIST_LIMIT}", code="invalid_limit")
+    if "status" in q and q["status"] not in STATUSES:
+        raise Invalid(f"status must be one of {', '.join(STATUSES)}", code="invalid_status")
+    filters = {k: q[k] for k in ("user_id", "status", "channel", "sale_id") if k in q}
+    if who.role == "user":
+        if filters.setdefault("user_id", who.user_id) != who.user_id:
+            return json({"orders": [], "next": None})
+    elif who.role == "storefront":
+        if filters.setdefault("channel", who.channel) != who.channel:
+            return json({"orders": [], "next": None})
+    where, args = [], []
+    for column, value in filters.items():
+        args.append(value)
+        where.append(f"o.{column} = ${len(args)}")
+    for name, op in (("from", ">="), ("to", "<")):
+        t = _time_param(q, name)
+        if t is not None:
+            args.append(t)
+            where.append(f"o.created_at {op} ${len(args)}")
+    if "cursor" in q:
+        at, last_id = _parse_cursor(q["cursor"])
+        args += [at, last_id]
+        where.append(f"(o.created_at, o.order_id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    sql = (ORDER_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+           + f" ORDER BY o.created_at DESC, o.order_id DESC LIMIT ${len(args)}")
+    rows = await request.app[K.PG].fetch(sql, *args)
+    page = rows[:limit]
+    nxt = _cursor(page[-1]["created_ms"], page[-1]["order_id"]) if len(rows) > limit else None
+    return json({"orders": [row_view(r) for r in page], "next": nxt})
 
 
 async def get_inventory(request: web.Request) -> web.Response:
@@ -134,6 +277,24 @@ async def put_warehouse_route(request: web.Request) -> web.Response:
     return json(view, 201 if created else 200)
 
 
+async def put_sale_route(request: web.Request) -> web.Response:
+    principal(request).require("ops")
+    sale_id = path_id(request, "sale_id", ID)
+    body = decode(await request.read(), SaleIn)
+    created = await put_sale(request.app[K.PG], request.app[K.REDIS], sale_id, body)
+    await request.app[K.SALES].load()
+    view = await sale_view(request.app[K.REDIS], sale_id)
+    return json(view, 201 if created else 200)
+
+
+async def get_sale(request: web.Request) -> web.Response:
+    principal(request).require("ops")
+    view = await sale_view(request.app[K.REDIS], path_id(request, "sale_id", ID))
+    if view is None:
+        raise NotFound("No such sale")
+    return json(view)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json({"status": "ok"})
 
@@ -155,10 +316,20 @@ async def readyz(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/orders", create_order)
+    app.router.add_post("/v1/orders/batch", create_batch)
+    app.router.add_get("/v1/orders", list_orders)
     app.router.add_get("/v1/orders/{order_id}", get_order)
+    app.router.add_post("/v1/orders/{order_id}/payment", pay)
+    app.router.add_post("/v1/orders/{order_id}/cancel", cancel)
+    app.router.add_post("/v1/orders/{order_id}/ship", service_transition("ship", ShipIn))
+    app.router.add_post("/v1/orders/{order_id}/complete", service_transition("complete", NoteIn))
+    app.router.add_post("/v1/orders/{order_id}/refund", service_transition("refund", NoteIn))
+    app.router.add_post("/v1/orders/{order_id}/refund-confirm", service_transition("refund_confirm", NoteIn))
     app.router.add_get("/v1/inventory/{sku}", get_inventory)
     app.router.add_put("/v1/inventory/{sku}", put_inventory)
     app.router.add_post("/v1/inventory/{sku}/adjust", adjust_inventory)
     app.router.add_put("/v1/warehouses/{warehouse_id}", put_warehouse_route)
+    app.router.add_put("/v1/sales/{sale_id}", put_sale_route)
+    app.router.add_get("/v1/sales/{sale_id}", get_sale)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -22,8 +22,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gateway import keys
+from gateway.audit import GENESIS, event_hash
 
 log = logging.getLogger(__name__)
+EVENTS_LOCK = 0x6F6D7366  # advisory lock: one writer at a time appends to order_events
+MS = "(timestamptz 'epoch' + {} * interval '1 millisecond')"  # exact, unlike to_timestamp(ms / 1000.0)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -39,7 +42,7 @@ class Writer:
         pool: asyncpg.Pool,
         *,
         batch: int = 2000,
-        block_ms: int = 250,
+        block_ms: int = 100,
         claim_idle_ms: int = 30000,
         name: str | None = None,
         fault: Callable[[str], None] | None = None,
@@ -172,6 +175,7 @@ class Rows:
         self.allocs: list[tuple[Any, ...]] = []
         self.events: list[tuple[Any, ...]] = []
         self.moves: list[tuple[Any, ...]] = []
+        self.status: dict[str, tuple[Any, ...]] = {}
 
     def add(self, stream_id: str, f: dict[str, str]) -> None:
         kind = f["t"]
@@ -182,8 +186,18 @@ class Rows:
             self.moves.append(
                 (stream_id, f["s"], f["w"], int(f["d"]), int(f["h"]), f["r"], f.get("o"), at)
             )
+        elif kind.startswith("order."):
+            self._status(stream_id, kind, f)
         else:
             log.warning("writer: unknown event type %r in %s, skipped", kind, stream_id)
+
+    def _status(self, stream_id: str, kind: str, f: dict[str, str]) -> None:
+        order_id, seq, at, data = f["o"], int(f["n"]), int(f["c"]), orjson.loads(f["d"])
+        self.events.append((stream_id, order_id, seq, kind, at, f["d"]))
+        latest = self.status.get(order_id)
+        if latest is None or latest[2] < seq:
+            self.status[order_id] = (order_id, f["s"], seq, at, data.get("payment_id"), data.get("reason")
+                                     if f["s"] == "cancelled" else None)
 
     def _accepted(self, stream_id: str, f: dict[str, str]) -> None:
         order_id, payload = f["o"], orjson.loads(f["p"])
@@ -206,10 +220,10 @@ class Rows:
     async def insert(self, conn: asyncpg.Connection) -> None:
         if self.orders:
             await conn.execute(
-                """INSERT INTO orders (order_id, user_id, channel, sale_id, status, ship_to, currency,
+                f"""INSERT INTO orders (order_id, user_id, channel, sale_id, status, ship_to, currency,
                                        payload, reserved_until, created_at, updated_at)
                    SELECT o, u, ch, s, st, sh::jsonb, cur, p::jsonb,
-                          to_timestamp(ru / 1000.0), to_timestamp(c / 1000.0), to_timestamp(c / 1000.0)
+                          {MS.format("ru")}, {MS.format("c")}, {MS.format("c")}
                    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                $7::text[], $8::text[], $9::bigint[], $10::bigint[])
                         AS t(o, u, ch, s, st, sh, cur, p, ru, c)
@@ -228,23 +242,25 @@ class Rows:
                    ON CONFLICT DO NOTHING""",
                 *_columns(self.allocs, 4),
             )
-        if self.events:
+        if self.status:
             await conn.execute(
-                """INSERT INTO order_events (stream_id, order_id, seq, type, at, data)
-                   SELECT sid, o, n, t, to_timestamp(a / 1000.0), d::jsonb
-                   FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::text[])
-                        WITH ORDINALITY AS x(sid, o, n, t, a, d, ord)
-                   ORDER BY ord
-                   ON CONFLICT DO NOTHING""",
-                *_columns(self.events, 6),
+                f"""UPDATE orders o SET status = x.s, last_seq = x.n, updated_at = {MS.format("x.a")},
+                          payment_id = coalesce(x.pid, o.payment_id),
+                          cancel_reason = coalesce(x.cr, o.cancel_reason)
+                   FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[])
+                        AS x(o, s, n, a, pid, cr)
+                   WHERE o.order_id = x.o AND o.last_seq < x.n""",
+                *_columns(list(self.status.values()), 6),
             )
+        if self.events:
+            await self._append_events(conn)
         if self.moves:
             # Only ledger rows inserted now (not re-deliveries) move the inventory table.
             await conn.execute(
-                """WITH ins AS (
+                f"""WITH ins AS (
                      INSERT INTO inventory_movements
                        (stream_id, sku, warehouse, delta, on_hand_after, reason, order_id, at)
-                     SELECT sid, s, w, d, h, r, o, to_timestamp(a / 1000.0)
+                     SELECT sid, s, w, d, h, r, o, {MS.format("a")}
                      FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
                                  $6::text[], $7::text[], $8::bigint[])
                           WITH ORDINALITY AS x(sid, s, w, d, h, r, o, a, ord)
@@ -257,6 +273,31 @@ class Rows:
                    ON CONFLICT (sku, warehouse) DO UPDATE
                      SET on_hand = inventory.on_hand + excluded.on_hand, updated_at = now()""",
                 *_columns(self.moves, 8),
+            )
+
+
+    async def _append_events(self, conn: asyncpg.Connection) -> None:
+        """Append new events to the hash chain, skipping re-deliveries, in stream order."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+        known = {r["stream_id"] for r in await conn.fetch(
+            "SELECT stream_id FROM order_events WHERE stream_id = ANY($1::text[])", [e[0] for e in self.events])}
+        prev = await conn.fetchval("SELECT hash FROM order_events ORDER BY id DESC LIMIT 1") or GENESIS
+        rows = []
+        for sid, order_id, seq, kind, at, data in self.events:
+            if sid in known:
+                continue
+            known.add(sid)
+            digest = event_hash(prev, sid, order_id, seq, kind, at, orjson.loads(data))
+            rows.append((sid, order_id, seq, kind, at, data, prev, digest))
+            prev = digest
+        if rows:
+            await conn.execute(
+                f"""INSERT INTO order_events (stream_id, order_id, seq, type, at, data, prev_hash, hash)
+                    SELECT sid, o, n, t, {MS.format("a")}, d::jsonb, ph, h
+                    FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::text[],
+                                $7::text[], $8::text[]) WITH ORDINALITY AS x(sid, o, n, t, a, d, ph, h, ord)
+                    ORDER BY ord""",
+                *_columns(rows, 8),
             )
 
 

@@ -1,24 +1,37 @@
 -- reserve.lua: reserve stock for a coalesced batch of orders, each atomic on its own.
 --
--- KEYS[1]  events stream            KEYS[2]  expiry zset         KEYS[3]  warehouse version
--- KEYS[4..] per order, in batch order: the order hash, then one stock hash per line
+-- KEYS[1]  events stream     KEYS[2]  expiry zset     KEYS[3]  warehouse version
+-- KEYS[4]  sale version
+-- KEYS[5..] per order, in batch order: the order hash, then (only for an order in a sale)
+--          the sale hash and the user's counter in that sale, then one stock hash per line
 -- ARGV[1]  seconds an order record (the idempotency record) lives
 -- ARGV[2]  JSON batch: {"p": [[wh, ...], ...],            preference lists, shared
---                      "o": [[order_id, payload, ttl_ms, [[sku, qty, pref_index], ...]], ...]}
---          payload is the canonical order JSON: equal payloads mean the same order.
+--                      "o": [[order_id, payload, ttl_ms, [[sku, qty, pref_index, price], ...],
+--                             channel, in_sale], ...]}
+--          payload is the canonical order JSON: equal payloads mean the same order; price
+--          is the line's unit price or -1; in_sale is 1 when the order names a sale.
+-- ARGV[3]  the warehouse version the preference lists were computed from
 --
--- Returns {warehouse_version, result_1, ..., result_n}, one result per order:
+-- Returns {-1} and does nothing when ARGV[3] is not the current warehouse version (the
+-- caller reloads and retries: a stale preference list could miss a warehouse's stock), else
+-- {warehouse_version, sale_version, result_1, ..., result_n}, one result per order:
 --   {1, alloc, created_ms, until_ms}           accepted (201)
 --   {2, alloc, created_ms, until_ms, status}   same order_id and payload seen before (200)
 --   {3}                                        same order_id, other payload (409)
 --   {4, line_index, missing_qty}               a line cannot be filled; nothing was taken (409)
+--   {5, code, a, b}                            the sale refuses it (409): sale_not_active,
+--                                              channel_not_allowed, sku_not_in_sale (a = line),
+--                                              limit_exceeded (a = units held, b = limit),
+--                                              price_mismatch (a = line, b = the sale's price)
+-- A sale hash holds s/e (window, ms), l (units per user), ch (",web,app," or ""), ttl (ms
+-- or ""), k:<sku> (member) and $:<sku> (price), and the live count "sold".
 -- alloc is "wh=qty,wh=qty;..." with one ";"-separated group per line, in line order.
 --
 -- Every order is checked in full before anything is written, so a short line takes
 -- nothing; later orders of the batch see the stock earlier ones took (one script = one
 -- atomic step in Redis).
 
-local events_key, expiry_key, version_key = KEYS[1], KEYS[2], KEYS[3]
+local events_key, expiry_key, version_key, sale_version_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local record_ttl = tonumber(ARGV[1])
 local batch = cjson.decode(ARGV[2])
 local prefs, orders = batch.p, batch.o
@@ -26,22 +39,53 @@ local prefs, orders = batch.p, batch.o
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local out = {tonumber(redis.call('GET', version_key) or '0')}
-local k = 4
+-- The sale's verdict on an order: nil when it may proceed, else a {5, ...} reply.
+local function sale_check(sale_key, counter_key, lines, channel)
+  local r = redis.call('HMGET', sale_key, 's', 'e', 'l', 'ch', 'ttl')
+  if not r[1] or now < tonumber(r[1]) or now >= tonumber(r[2]) then return {5, 'sale_not_active', 0, 0} end
+  if r[4] ~= '' and not string.find(r[4], ',' .. channel .. ',', 1, true) then
+    return {5, 'channel_not_allowed', 0, 0}
+  end
+  local units = 0
+  for j = 1, #lines do
+    local line = lines[j]
+    local m = redis.call('HMGET', sale_key, 'k:' .. line[1], '$:' .. line[1])
+    if not m[1] then return {5, 'sku_not_in_sale', j - 1, 0} end
+    if m[2] and tonumber(m[2]) ~= line[4] then return {5, 'price_mismatch', j - 1, tonumber(m[2])} end
+    units = units + line[2]
+  end
+  local held = tonumber(redis.call('HGET', counter_key, 'units') or '0')
+  if held + units > tonumber(r[3]) then return {5, 'limit_exceeded', held, tonumber(r[3])} end
+  return nil, units, r[5], tonumber(r[2])
+end
+
+local wh_version = tonumber(redis.call('GET', version_key) or '0')
+if wh_version ~= tonumber(ARGV[3]) then return {-1} end
+local out = {wh_version, tonumber(redis.call('GET', sale_version_key) or '0')}
+local k = 5
 for i = 1, #orders do
   local o = orders[i]
-  local order_id, payload, ttl_ms, lines = o[1], o[2], o[3], o[4]
+  local order_id, payload, ttl_ms, lines, channel, in_sale = o[1], o[2], o[3], o[4], o[5], o[6] == 1
   local order_key = KEYS[k]
+  local sale_key, counter_key = KEYS[k + 1], KEYS[k + 2]
   local first_stock = k + 1
-  k = k + 1 + #lines
+  if in_sale then first_stock = k + 3 end
+  k = first_stock + #lines
 
   local seen = redis.call('HMGET', order_key, 'p', 'a', 'c', 'u', 's')
+  local refusal, units, sale_ttl, sale_end = nil, 0, nil, nil
+  if not seen[1] and in_sale then
+    refusal, units, sale_ttl, sale_end = sale_check(sale_key, counter_key, lines, channel)
+    if sale_ttl and sale_ttl ~= '' then ttl_ms = tonumber(sale_ttl) end
+  end
   if seen[1] then
     if seen[1] == payload then
       out[#out + 1] = {2, seen[2], tonumber(seen[3]), tonumber(seen[4]), seen[5]}
     else
       out[#out + 1] = {3}
     end
+  elseif refusal then
+    out[#out + 1] = refusal
   else
     -- pass 1: plan every line from current availability, in preference order
     local plan, short = {}, nil
@@ -89,6 +133,11 @@ for i = 1, #orders do
         's', 'pending_payment', 'n', 1)
       redis.call('EXPIRE', order_key, math.max(record_ttl, math.ceil(ttl_ms / 1000) + 3600))
       redis.call('ZADD', expiry_key, until_ms, order_id)
+      if in_sale then
+        redis.call('HINCRBY', counter_key, 'units', units)
+        redis.call('PEXPIREAT', counter_key, sale_end + 7 * 86400000)
+        redis.call('HINCRBY', sale_key, 'sold', units)
+      end
       redis.call('XADD', events_key, '*', 't', 'order.accepted', 'o', order_id, 'n', 1,
         'p', payload, 'a', alloc, 'c', c, 'u', u)
       out[#out + 1] = {1, alloc, now, until_ms}

@@ -1,0 +1,96 @@
+"""The expirer: unpaid orders past ``reserved_until`` become cancelled (``expired``), stock back.
+
+Every process runs one; they may race freely, because the transition script re-checks
+status and time atomically: of two expirers (or an expirer and a late payment) exactly one
+changes the order, the other finds it done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from aiohttp import web
+
+from gateway import appkeys as K
+from gateway import keys
+from gateway.errors import GatewayError
+from gateway.orders import check_reply, transition_call
+
+log = logging.getLogger(__name__)
+
+
+class Expirer:
+    def __init__(self, app: web.Application, *, interval: float = 0.25, batch: int = 500) -> None:
+        self.app = app
+        self.interval = interval
+        self.batch = batch
+        self.expired = 0
+        self._passes = 0
+        self._pass = asyncio.Condition()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="expirer")
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait_pass(self) -> None:
+        """Return after a whole pass that began after this call."""
+        async with self._pass:
+            target = self._passes + 2
+            await self._pass.wait_for(lambda: self._passes >= target)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while await self.expire_due() == self.batch:
+                    pass
+            except Exception:
+                log.exception("expirer pass failed; retrying")
+            async with self._pass:
+                self._passes += 1
+                self._pass.notify_all()
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    async def expire_due(self) -> int:
+        """Expire up to ``batch`` orders whose reservation has run out; returns how many were due."""
+        redis = self.app[K.REDIS]
+        sec, usec = await redis.time()
+        now_ms = sec * 1000 + usec // 1000
+        due = await redis.zrangebyscore(keys.expiry(), "-inf", now_ms, start=0, num=self.batch)
+        if not due:
+            return 0
+        pipe = redis.pipeline(transaction=False)
+        for order_id in due:
+            pipe.hget(keys.order(order_id.decode()), "p")
+        payloads = await pipe.execute()
+        scripts = self.app[K.SCRIPTS]
+        ttl = self.app[K.SETTINGS].idempotency_ttl
+        pipe = redis.pipeline(transaction=False)
+        calls = []
+        for order_id, raw in zip((d.decode() for d in due), payloads, strict=True):
+            if raw is None:  # record gone: nothing left to expire
+                pipe.zrem(keys.expiry(), order_id)
+                continue
+            ks, args = transition_call(order_id, orjson.loads(raw), "expire", {"reason": "expired"},
+                                       reason="expired", record_ttl=ttl)
+            pipe.evalsha(scripts.shas["transition"], len(ks), *ks, *args)
+            calls.append(order_id)
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, list):
+                try:
+                    _, changed = check_reply(reply, "expire")
+                except GatewayError:
+                    continue  # paid or cancelled meanwhile, or not due by Redis' clock
+                self.expired += changed
+        return len(due)

@@ -1,0 +1,174 @@
+"""Orders after acceptance: reading them, and moving them through the state machine.
+
+Redis holds the live record (status, allocations, event count); PostgreSQL holds every
+order for good. A transition reads the record's payload for its stock keys, then one
+script call checks the state machine and applies status, stock and event together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway import appkeys as K
+from gateway import keys, lifecycle
+from gateway.auth import Principal
+from gateway.errors import Conflict, NotFound
+from gateway.models import decode_order, encode, render_order
+
+RECORD_FIELDS = ("p", "a", "c", "u", "s")
+
+
+class IllegalTransition(Conflict):
+    code, title = "illegal_transition", "Not allowed from the order's current status"
+
+
+class ReservationExpired(Conflict):
+    code, title = "reservation_expired", "The reservation expired before payment"
+
+
+class AmountMismatch(Conflict):
+    code, title = "amount_mismatch", "Amount differs from the order total"
+
+
+class PaymentConflict(Conflict):
+    code, title = "payment_conflict", "The order was paid with another payment id"
+
+
+def may_read(who: Principal, user_id: str, channel: str) -> bool:
+    if who.role == "user":
+        return user_id == who.user_id
+    if who.role == "storefront":
+        return channel == who.channel
+    return who.role in ("admin", "ops", "payments")
+
+
+def total(payload: dict[str, Any]) -> int | None:
+    """The order total in minor units, or None when any line has no price."""
+    prices = [item.get("unit_price") for item in payload["items"]]
+    if any(p is None for p in prices):
+        return None
+    return sum(p * item["qty"] for p, item in zip(prices, payload["items"], strict=True))
+
+
+ORDER_SELECT = """
+    SELECT o.order_id, o.payload::text AS payload, o.status, o.last_seq, o.payment_id, o.cancel_reason,
+           (extract(epoch FROM o.created_at) * 1000)::bigint AS created_ms,
+           (extract(epoch FROM o.reserved_until) * 1000)::bigint AS until_ms,
+           coalesce((SELECT string_agg(g, ';' ORDER BY line_no) FROM (
+               SELECT i.line_no, string_agg(a.warehouse || '=' || a.qty, ',' ORDER BY a.warehouse) AS g
+               FROM order_items i JOIN allocations a ON a.order_id = i.order_id AND a.sku = i.sku
+               WHERE i.order_id = o.order_id GROUP BY i.line_no) lines), '') AS alloc
+    FROM orders o"""
+
+
+def row_view(row: asyncpg.Record) -> dict[str, Any]:
+    return render_order(orjson.loads(row["payload"]), row["alloc"], row["created_ms"], row["until_ms"],
+                        row["status"])
+
+
+async def pg_record(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
+    """The order as PostgreSQL has it, shaped like the Redis record (strings throughout)."""
+    row = await pool.fetchrow(ORDER_SELECT + " WHERE o.order_id = $1", order_id)
+    if row is None:
+        return None
+    canonical = encode(decode_order(row["payload"].encode()))  # jsonb reformats; the key needs the exact bytes
+    record = {"p": canonical.decode(), "a": row["alloc"], "c": str(row["created_ms"]),
+              "u": str(row["until_ms"]), "s": row["status"], "n": str(row["last_seq"])}
+    if row["payment_id"]:
+        record["pid"] = row["payment_id"]
+    if row["cancel_reason"]:
+        record["cr"] = row["cancel_reason"]
+    return record
+
+
+async def load_order(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
+    """The order as it is now: Redis while it holds the record, else PostgreSQL."""
+    raw = await redis.hmget(keys.order(order_id), *RECORD_FIELDS)
+    if raw[0] is not None:
+        p, a, c, u, s = (v.decode() for v in raw)
+    else:
+        record = await pg_record(pool, order_id)
+        if record is None:
+            return None
+        p, a, c, u, s = (record[f] for f in RECORD_FIELDS)
+    return render_order(orjson.loads(p), a, int(c), int(u), s)
+
+
+async def change(
+    app: web.Application, who: Principal, order_id: str, action: str, data: dict[str, Any],
+    *, payment_id: str = "", amount: int | None = None, reason: str = "",
+) -> dict[str, Any]:
+    """Apply ``action`` to the order; returns the order as it now is.
+
+    404 when the caller may not see the order; 409 ``illegal_transition`` (naming the
+    status), ``reservation_expired``, ``amount_mismatch`` or ``payment_conflict``, each
+    changing nothing except that a payment arriving after ``reserved_until`` expires the
+    order on the spot. Repeating a transition that already happened answers the order
+    as it is and writes no event.
+    """
+    redis, pool = app[K.REDIS], app[K.PG]
+    hydrate = ""
+    raw = await redis.hget(keys.order(order_id), "p")
+    if raw is None:
+        record = await pg_record(pool, order_id)
+        if record is None:
+            raise NotFound("No such order")
+        raw, hydrate = record["p"].encode(), orjson.dumps(record).decode()
+    payload = orjson.loads(raw)
+    if not may_read(who, payload["user_id"], payload["channel"]):
+        raise NotFound("No such order")
+    if action == "pay":
+        expected = total(payload)
+        if expected is not None and amount != expected:
+            raise AmountMismatch(f"amount {amount} differs from the order total {expected}", total=expected)
+    await run_transition(app, order_id, payload, action, data, payment_id=payment_id, reason=reason,
+                         hydrate=hydrate, user_only=who.role == "user")
+    order = await load_order(redis, pool, order_id)
+    assert order is not None
+    return order
+
+
+def transition_call(
+    order_id: str, payload: dict[str, Any], action: str, data: dict[str, Any], *, payment_id: str = "",
+    reason: str = "", hydrate: str = "", record_ttl: int, user_only: bool = False,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one transition script call."""
+    sale_id = payload.get("sale_id") or ""
+    ks = [keys.order(order_id), keys.events(), keys.expiry(), keys.sale(sale_id),
+          keys.sale_user(sale_id, payload["user_id"])]
+    ks.extend(keys.stock(item["sku"]) for item in payload["items"])
+    rules = lifecycle.rules(action)
+    if user_only:  # a buyer may only cancel an order that is not paid yet
+        rules = ";".join(r for r in rules.split(";") if r.startswith("pending_payment>"))
+    args = [action, order_id, rules, ",".join(sorted(lifecycle.DONE[action])),
+            orjson.dumps(data).decode(), payment_id, "1" if sale_id else "0", record_ttl, reason, hydrate]
+    return ks, args
+
+
+def check_reply(reply: list[Any], action: str) -> tuple[str, bool]:
+    """(status, changed) from the script's reply, or the domain error it means."""
+    code = int(reply[0])
+    if code == 1:
+        return reply[1].decode(), bool(int(reply[2]))
+    if code == 0:
+        raise NotFound("No such order")
+    if code == 2:
+        raise PaymentConflict("The order is already paid with another payment id")
+    if code == 3:
+        status = reply[1].decode()
+        raise IllegalTransition(f"cannot {action} an order that is {status}", status=status)
+    if code == 4:
+        raise ReservationExpired("The reservation expired; the order is cancelled and its stock released")
+    raise IllegalTransition("the reservation has not expired yet", status="pending_payment")
+
+
+async def run_transition(app: web.Application, order_id: str, payload: dict[str, Any], action: str,
+                         data: dict[str, Any], **kwargs: Any) -> tuple[str, bool]:
+    ks, args = transition_call(order_id, payload, action, data,
+                               record_ttl=app[K.SETTINGS].idempotency_ttl, **kwargs)
+    return check_reply(await app[K.SCRIPTS].call("transition", ks, args), action)

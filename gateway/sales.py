@@ -1,0 +1,153 @@
+"""Sales: windows, per-user limits, channels, TTL and prices, live on every process at once.
+
+PostgreSQL keeps each sale's definition; Redis keeps the rules the reserve script checks
+(so a change applies to the very next batch everywhere) and the live ``sold`` count. Each
+process also caches definitions to fill in server-side prices before an order is encoded;
+reserve replies carry the sale version, so a stale cache reloads within one batch, and the
+script re-checks every price against Redis.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import msgspec
+import orjson
+import redis.asyncio as aioredis
+from msgspec import Meta, Struct
+
+from gateway import keys
+from gateway.errors import Conflict, Invalid
+from gateway.models import Channel, Currency, Money, OrderIn, Sku, iso_ms
+
+
+class SaleIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    skus: Annotated[list[Sku], Meta(min_length=1, max_length=1000)]
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    per_user_limit: Annotated[int, Meta(ge=1, le=1_000_000)]
+    channels: Annotated[list[Channel], Meta(min_length=1)] | None = None
+    reservation_ttl: Annotated[int, Meta(ge=1, le=7 * 86400)] | None = None
+    strategy: Literal["priority", "region"] | None = None
+    prices: dict[Sku, Money] | None = None
+    currency: Currency | None = None
+
+
+class SaleNotActive(Conflict):
+    code, title = "sale_not_active", "The sale is not running"
+
+
+class PriceMismatch(Conflict):
+    code, title = "price_mismatch", "Prices are the sale's to decide"
+
+
+def _ms(t: dt.datetime) -> int:
+    if t.tzinfo is None:
+        raise Invalid("starts_at and ends_at need a time zone (RFC 3339)", code="invalid_time")
+    return int(t.timestamp() * 1000)
+
+
+def rules(sale: SaleIn) -> dict[str, str]:
+    """The hash fields the reserve script reads (see lua/reserve.lua)."""
+    fields = {
+        "s": str(_ms(sale.starts_at)), "e": str(_ms(sale.ends_at)), "l": str(sale.per_user_limit),
+        "ch": "," + ",".join(sale.channels) + "," if sale.channels else "",
+        "ttl": str(sale.reservation_ttl * 1000) if sale.reservation_ttl else "",
+        "def": msgspec.json.encode(sale).decode(),
+    }
+    fields.update({f"k:{sku}": "1" for sku in sale.skus})
+    fields.update({f"$:{sku}": str(price) for sku, price in (sale.prices or {}).items()})
+    return fields
+
+
+async def put_sale(pool: asyncpg.Pool, redis: aioredis.Redis, sale_id: str, sale: SaleIn) -> bool:
+    """Store in PostgreSQL, then publish the rules to Redis; returns True when created."""
+    if _ms(sale.ends_at) <= _ms(sale.starts_at):
+        raise Invalid("ends_at must be after starts_at", code="invalid_window")
+    if sale.prices and not set(sale.prices) <= set(sale.skus):
+        raise Invalid("prices may only name the sale's skus", code="invalid_prices")
+    if len(set(sale.skus)) != len(sale.skus):
+        raise Invalid("skus must be unique", code="duplicate_sku")
+    created = await pool.fetchval(
+        """INSERT INTO sales (sale_id, definition, updated_at) VALUES ($1, $2::jsonb, now())
+           ON CONFLICT (sale_id) DO UPDATE SET definition = excluded.definition, updated_at = now()
+           RETURNING (xmax = 0)""",
+        sale_id, msgspec.json.encode(sale).decode(),
+    )
+    key = keys.sale(sale_id)
+    fields = rules(sale)
+    stale = [f for f in await redis.hkeys(key) if f.decode() not in fields and f != b"sold"]
+    pipe = redis.pipeline(transaction=True)
+    if stale:
+        pipe.hdel(key, *stale)
+    pipe.hset(key, mapping=fields)
+    pipe.sadd(keys.sales(), sale_id)
+    pipe.incr(keys.sale_version())
+    await pipe.execute()
+    return bool(created)
+
+
+async def sale_view(redis: aioredis.Redis, sale_id: str) -> dict[str, Any] | None:
+    """The sale as defined, with live ``sold`` units and ``remaining`` availability of its SKUs."""
+    raw = await redis.hmget(keys.sale(sale_id), "def", "sold")
+    if raw[0] is None:
+        return None
+    sale = msgspec.json.decode(raw[0], type=SaleIn)
+    pipe = redis.pipeline(transaction=False)
+    for sku in sale.skus:
+        pipe.hgetall(keys.stock(sku))
+    stocks = await pipe.execute()
+    remaining = sum(int(v) for stock in stocks for f, v in stock.items() if not f.startswith(b"r:"))
+    view = orjson.loads(raw[0])
+    view.update(sale_id=sale_id, starts_at=iso_ms(_ms(sale.starts_at)), ends_at=iso_ms(_ms(sale.ends_at)),
+                sold=int(raw[1] or 0), remaining=remaining)
+    return view
+
+
+class SaleCache:
+    """Sale definitions per process, for prices; reloaded when a reserve reply shows a new version."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.version = -1
+        self.by_id: dict[str, SaleIn] = {}
+
+    async def load(self) -> None:
+        version = int(await self.redis.get(keys.sale_version()) or 0)
+        ids = [s.decode() for s in await self.redis.smembers(keys.sales())]
+        pipe = self.redis.pipeline(transaction=False)
+        for sale_id in ids:
+            pipe.hget(keys.sale(sale_id), "def")
+        defs = await pipe.execute()
+        self.by_id = {i: msgspec.json.decode(d, type=SaleIn) for i, d in zip(ids, defs, strict=True) if d}
+        self.version = version
+
+    async def refresh(self, version: int) -> None:
+        """Reload before the batch is answered, so a client's next order sees the change."""
+        if version != self.version:
+            await self.load()
+
+    async def apply_prices(self, order: OrderIn) -> OrderIn:
+        """Fill each line's price (and the currency) from the order's sale; 409 when the client's differ."""
+        if order.sale_id is None:
+            return order
+        sale = self.by_id.get(order.sale_id)
+        if sale is None:
+            await self.load()  # a sale created moments ago on another process
+            sale = self.by_id.get(order.sale_id)
+        if sale is None:
+            raise SaleNotActive(f"no sale {order.sale_id!r}")
+        if sale.currency:
+            if order.currency not in (None, sale.currency):
+                raise PriceMismatch(f"the sale is priced in {sale.currency}", currency=sale.currency)
+            order.currency = sale.currency
+        for item in order.items:
+            price = (sale.prices or {}).get(item.sku)
+            if price is None:
+                continue
+            if item.unit_price not in (None, price):
+                raise PriceMismatch(f"{item.sku} costs {price} in this sale", sku=item.sku, unit_price=price)
+            item.unit_price = price
+        return order
