@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Iterable
 
 DEFAULT_PRIORITY = 100
-STRATEGIES = ("priority", "region")
+STRATEGIES = ("priority", "region", "max_stock")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -24,9 +24,11 @@ def preference(
 
     ``priority``: lower priority number first, ties by id. ``region``: warehouses in
     ``region`` first, then as ``priority``; with no region it is ``priority``.
+    ``max_stock`` needs live stock: its base order is ``priority``, and the reserve script
+    (or ``policy.plan``) reorders by availability.
     """
     active = [w for w in warehouses if w.active]
-    if strategy == "priority" or region is None:
+    if strategy in ("priority", "max_stock") or region is None:
         active.sort(key=lambda w: (w.priority, w.id))
     elif strategy == "region":
         active.sort(key=lambda w: (w.region != region, w.priority, w.id))

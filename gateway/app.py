@@ -18,7 +18,7 @@ from aiohttp import web
 from redis.exceptions import ResponseError
 
 from gateway import appkeys as K
-from gateway import db, feed, routes, webhooks
+from gateway import db, feed, reconciler, routes, webhooks
 from gateway.auth import Authenticator
 from gateway.coalescer import Coalescer
 from gateway.config import DEV_ADMIN_KEY, DEV_JWT_SECRET, Settings
@@ -123,7 +123,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     await sales.load()
     app[K.SALES] = sales
     coalescer = Coalescer(
-        app[K.SCRIPTS], cache, sales, reservation_ttl=settings.reservation_ttl,
+        app[K.SCRIPTS], cache, sales, strategy=settings.strategy, reservation_ttl=settings.reservation_ttl,
         record_ttl=settings.idempotency_ttl, max_in_flight=settings.max_in_flight,
         max_batch=settings.max_batch, wait_aof=wait_aof,
     )
@@ -166,6 +166,7 @@ def create_app(settings: Settings) -> web.Application:
     routes.setup(app)
     feed.setup(app)
     webhooks.setup(app)
+    reconciler.setup(app)
     if settings.dev_credentials:
         log.warning("development credentials active: admin key %r, JWT secret %r "
                     "(set OMS_API_KEYS and OMS_JWT_SECRET)", DEV_ADMIN_KEY, DEV_JWT_SECRET)

@@ -34,6 +34,32 @@ class LimitExceeded(Conflict):
 
 
 
+def reserve_call(
+    orders: list[tuple[OrderIn, bytes]], warehouses: WarehouseCache, sales: SaleCache, strategy: str,
+    ttl_ms: int, record_ttl: int,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one reserve script call for a batch (see lua/reserve.lua)."""
+    ks = [keys.events(), keys.expiry(), keys.wh_version(), keys.sale_version()]
+    prefs: dict[tuple[str, ...], int] = {}
+    packed = []
+    for order, payload in orders:
+        ks.append(keys.order(order.order_id))
+        chosen = strategy
+        if order.sale_id is not None:
+            ks += [keys.sale(order.sale_id), keys.sale_user(order.sale_id, order.user_id)]
+            sale = sales.by_id.get(order.sale_id)
+            chosen = sale.strategy if sale is not None and sale.strategy else strategy
+        ks.extend(keys.stock(item.sku) for item in order.items)
+        pref = warehouses.order(chosen, order.ship_to.region if order.ship_to else None)
+        index = prefs.setdefault(pref, len(prefs))
+        lines = [[item.sku, item.qty, index, -1 if item.unit_price is None else item.unit_price]
+                 for item in order.items]
+        packed.append([order.order_id, payload.decode(), ttl_ms, lines, order.channel,
+                       int(order.sale_id is not None), int(chosen == "max_stock")])
+    batch = orjson.dumps({"p": list(prefs), "o": packed})
+    return ks, [record_ttl, batch, warehouses.version]
+
+
 class Coalescer:
     def __init__(
         self,
@@ -41,6 +67,7 @@ class Coalescer:
         warehouses: WarehouseCache,
         sales: SaleCache,
         *,
+        strategy: str = "priority",
         reservation_ttl: int,
         record_ttl: int,
         max_in_flight: int,
@@ -50,6 +77,7 @@ class Coalescer:
         self.scripts = scripts
         self.warehouses = warehouses
         self.sales = sales
+        self.strategy = strategy
         self.ttl_ms = reservation_ttl * 1000
         self.record_ttl = record_ttl
         self.max_in_flight = max_in_flight
@@ -120,20 +148,11 @@ class Coalescer:
                 self._idle.set()
 
     async def _reserve(self, batch: list[tuple[OrderIn, bytes, Any]]) -> list[Any]:
-        ks = [keys.events(), keys.expiry(), keys.wh_version(), keys.sale_version()]
-        orders = []
-        for order, payload, _ in batch:
-            ks.append(keys.order(order.order_id))
-            if order.sale_id is not None:
-                ks += [keys.sale(order.sale_id), keys.sale_user(order.sale_id, order.user_id)]
-            ks.extend(keys.stock(item.sku) for item in order.items)
-            lines = [[item.sku, item.qty, 0, -1 if item.unit_price is None else item.unit_price]
-                     for item in order.items]
-            orders.append([order.order_id, payload.decode(), self.ttl_ms, lines, order.channel,
-                           int(order.sale_id is not None)])
+        orders = [(order, payload) for order, payload, _ in batch]
         while True:
-            packed = orjson.dumps({"p": [self.warehouses.priority_order()], "o": orders})
-            reply = await self._call(ks, [self.record_ttl, packed, self.warehouses.version])
+            ks, args = reserve_call(orders, self.warehouses, self.sales, self.strategy, self.ttl_ms,
+                                    self.record_ttl)
+            reply = await self._call(ks, args)
             if int(reply[0]) != -1:
                 break
             await self.warehouses.load()  # another process changed warehouses: plan again

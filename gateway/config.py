@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from allocator import STRATEGIES
+
 DEV_ADMIN_KEY = "dev-admin-key"
 DEV_JWT_SECRET = "dev-secret"
 MIN_JWT_SECRET = 32  # bytes; RFC 7518 3.2 wants an HS256 key of at least 256 bits
@@ -49,6 +51,7 @@ class Settings:
     writer_batch: int = 2000
     writer_claim_idle_ms: int = 30000
     run_writer: bool = True
+    strategy: str = "priority"
     dev_credentials: bool = False
 
     def __repr__(self) -> str:
@@ -129,6 +132,7 @@ class Settings:
             writer_batch=_int(v, "OMS_WRITER_BATCH", 2000, 1, 100_000),
             writer_claim_idle_ms=_int(v, "OMS_WRITER_CLAIM_IDLE_MS", 30000, 1, 3_600_000),
             run_writer=_bool(v, "OMS_RUN_WRITER", True),
+            strategy=_choice(v, "OMS_STRATEGY", STRATEGIES),
             dev_credentials=dev,
         )
 
@@ -143,6 +147,13 @@ def _int(v: Mapping[str, str], key: str, default: int, lo: int, hi: int) -> int:
         raise ConfigError(f"{key}: not a valid integer: {raw!r}") from None
     if not lo <= value <= hi:
         raise ConfigError(f"{key}: {value} is outside {lo}..{hi}")
+    return value
+
+
+def _choice(v: Mapping[str, str], key: str, choices: tuple[str, ...]) -> str:
+    value = v.get(key) or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
     return value
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from allocator import Warehouse, preference
+from allocator import Warehouse, plan, preference
 from gateway import keys
 from gateway.errors import BelowReserved
 from gateway.models import WarehouseIn
@@ -30,7 +30,7 @@ class WarehouseCache:
         self.redis = redis
         self.version = -1
         self.by_id: dict[str, Warehouse] = {}
-        self._priority: list[str] = []
+        self._orders: dict[tuple[str, str | None], tuple[str, ...]] = {}
 
     async def load(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -38,11 +38,16 @@ class WarehouseCache:
         pipe.hgetall(keys.warehouses())
         version, table = await pipe.execute()
         self.by_id = {w.decode(): _decode_warehouse(w.decode(), v.decode()) for w, v in table.items()}
-        self._priority = list(preference(self.by_id.values(), "priority"))
+        self._orders = {}
         self.version = int(version or 0)
 
-    def priority_order(self) -> list[str]:
-        return self._priority
+    def order(self, strategy: str, region: str | None) -> tuple[str, ...]:
+        """The preference order for a strategy and ship-to region, computed once per table version."""
+        key = (strategy, region if strategy == "region" else None)
+        found = self._orders.get(key)
+        if found is None:
+            found = self._orders[key] = preference(self.by_id.values(), strategy, region)
+        return found
 
 
 
@@ -105,3 +110,33 @@ async def put_warehouse(
     await pipe.execute()
     await cache.load()
     return created, {"warehouse_id": wid, "region": w.region, "priority": w.priority, "active": w.active}
+
+
+async def plan_allocation(
+    redis: aioredis.Redis, cache: WarehouseCache, items: list[tuple[str, int]], strategy: str,
+    region: str | None,
+) -> dict[str, Any]:
+    """What the reserve script would allocate now, reserving nothing (``POST /v1/allocations/plan``).
+
+    Lines that cannot be filled are listed in ``unfilled`` with the missing units; the rest
+    are planned together, so with nothing unfilled this is exactly what an order gets.
+    """
+    pref = cache.order(strategy, region)
+    rows: list[list[bytes | None]] = [[] for _ in items]
+    if pref:
+        pipe = redis.pipeline(transaction=False)
+        for sku, _ in items:
+            pipe.hmget(keys.stock(sku), *pref)
+        rows = await pipe.execute()
+    fillable, unfilled = [], []
+    for (sku, qty), row in zip(items, rows, strict=True):
+        cands = [(wh, int(v or 0)) for wh, v in zip(pref, row, strict=True)]
+        missing = qty - sum(a for _, a in cands)
+        if missing > 0:
+            unfilled.append({"sku": sku, "qty": missing})
+        else:
+            fillable.append((sku, qty, cands))
+    planned, _ = plan([q for _, q, _ in fillable], [c for _, _, c in fillable], strategy == "max_stock")
+    allocations = [{"sku": sku, "warehouse": wh, "qty": take}
+                   for (sku, _, _), takes in zip(fillable, planned or [], strict=True) for wh, take in takes]
+    return {"allocations": allocations, "unfilled": unfilled}

@@ -32,6 +32,11 @@ def stock(sku: str, p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:stock:{sku}"
 
 
+def stock_pattern(p: str = "{p0}") -> str:
+    """SCAN pattern for every stock hash of a partition (SKUs hold no glob characters)."""
+    return stock("*", p)
+
+
 def order(order_id: str, p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:order:{order_id}"
 

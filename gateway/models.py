@@ -53,6 +53,17 @@ class BatchIn(Struct, forbid_unknown_fields=True):
     orders: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=500)]
 
 
+class PlanItem(Struct, forbid_unknown_fields=True):
+    sku: Sku
+    qty: Qty
+
+
+class PlanIn(Struct, forbid_unknown_fields=True):
+    items: Annotated[list[PlanItem], Meta(min_length=1, max_length=50)]
+    ship_to: ShipTo | None = None
+    strategy: Literal["priority", "region", "max_stock"] | None = None
+
+
 class InventorySet(Struct, forbid_unknown_fields=True):
     warehouses: Annotated[dict[WarehouseId, Stock], Meta(min_length=1, max_length=100)]
 

@@ -17,7 +17,7 @@ from gateway import keys
 from gateway.auth import Principal
 from gateway.coalescer import Result
 from gateway.errors import Forbidden, GatewayError, Invalid, NotFound
-from gateway.inventory import change_stock, put_warehouse, stock_view
+from gateway.inventory import change_stock, plan_allocation, put_warehouse, stock_view
 from gateway.lifecycle import STATUSES
 from gateway.models import (
     BatchIn,
@@ -27,6 +27,7 @@ from gateway.models import (
     NoteIn,
     OrderIn,
     PaymentIn,
+    PlanIn,
     ShipIn,
     WarehouseIn,
     decode,
@@ -295,6 +296,18 @@ async def get_sale(request: web.Request) -> web.Response:
     return json(view)
 
 
+async def allocation_plan(request: web.Request) -> web.Response:
+    principal(request).require("ops")
+    body = decode(await request.read(), PlanIn)
+    if len({i.sku for i in body.items}) != len(body.items):
+        raise Invalid("SKUs must be unique within a plan", code="duplicate_sku")
+    app = request.app
+    strategy = body.strategy or app[K.SETTINGS].strategy
+    region = body.ship_to.region if body.ship_to else None
+    return json(await plan_allocation(app[K.REDIS], app[K.WAREHOUSES], [(i.sku, i.qty) for i in body.items],
+                                      strategy, region))
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json({"status": "ok"})
 
@@ -331,5 +344,6 @@ def setup(app: web.Application) -> None:
     app.router.add_put("/v1/warehouses/{warehouse_id}", put_warehouse_route)
     app.router.add_put("/v1/sales/{sale_id}", put_sale_route)
     app.router.add_get("/v1/sales/{sale_id}", get_sale)
+    app.router.add_post("/v1/allocations/plan", allocation_plan)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -30,7 +30,7 @@ class SaleIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
     per_user_limit: Annotated[int, Meta(ge=1, le=1_000_000)]
     channels: Annotated[list[Channel], Meta(min_length=1)] | None = None
     reservation_ttl: Annotated[int, Meta(ge=1, le=7 * 86400)] | None = None
-    strategy: Literal["priority", "region"] | None = None
+    strategy: Literal["priority", "region", "max_stock"] | None = None
     prices: dict[Sku, Money] | None = None
     currency: Currency | None = None
 

@@ -7,9 +7,10 @@
 -- ARGV[1]  seconds an order record (the idempotency record) lives
 -- ARGV[2]  JSON batch: {"p": [[wh, ...], ...],            preference lists, shared
 --                      "o": [[order_id, payload, ttl_ms, [[sku, qty, pref_index, price], ...],
---                             channel, in_sale], ...]}
+--                             channel, in_sale, max_stock], ...]}
 --          payload is the canonical order JSON: equal payloads mean the same order; price
---          is the line's unit price or -1; in_sale is 1 when the order names a sale.
+--          is the line's unit price or -1; in_sale is 1 when the order names a sale;
+--          max_stock is 1 when lines draw from the warehouses with most stock first.
 -- ARGV[3]  the warehouse version the preference lists were computed from
 --
 -- Returns {-1} and does nothing when ARGV[3] is not the current warehouse version (the
@@ -61,11 +62,74 @@ end
 
 local wh_version = tonumber(redis.call('GET', version_key) or '0')
 if wh_version ~= tonumber(ARGV[3]) then return {-1} end
+-- The split policy fewest_splits; allocator/policy.py is its reference and says it in words.
+-- Returns the plan (per line a list of {warehouse, qty}) or nil and {4, line, missing}.
+local function plan_order(lines, first_stock, max_stock)
+  local cands, avail = {}, {}
+  for j = 1, #lines do
+    local pref = prefs[lines[j][3] + 1]
+    local vals = {}
+    if #pref > 0 then vals = redis.call('HMGET', KEYS[first_stock + j - 1], unpack(pref)) end
+    local list, by_wh, total = {}, {}, 0
+    for w = 1, #pref do
+      local a = tonumber(vals[w] or '0')
+      list[w] = {pref[w], a, w}
+      by_wh[pref[w]] = a
+      total = total + a
+    end
+    if total < lines[j][2] then return nil, {4, j - 1, lines[j][2] - total} end
+    if max_stock then
+      table.sort(list, function(x, y)
+        if x[2] ~= y[2] then return x[2] > y[2] end
+        return x[3] < y[3]
+      end)
+    end
+    cands[j], avail[j] = list, by_wh
+  end
+  if #lines > 0 then
+    for _, c in ipairs(cands[1]) do
+      local all = true
+      for j = 1, #lines do
+        if (avail[j][c[1]] or 0) < lines[j][2] then all = false break end
+      end
+      if all then
+        local plan = {}
+        for j = 1, #lines do plan[j] = {{c[1], lines[j][2]}} end
+        return plan
+      end
+    end
+  end
+  local plan, used = {}, {}
+  for j = 1, #lines do
+    local need, whole = lines[j][2], nil
+    for _, c in ipairs(cands[j]) do
+      if c[2] >= need and (whole == nil or (used[c[1]] and not used[whole])) then whole = c[1] end
+    end
+    if whole then
+      plan[j] = {{whole, need}}
+    else
+      local takes = {}
+      for _, c in ipairs(cands[j]) do
+        if need == 0 then break end
+        if c[2] > 0 then
+          local take = math.min(c[2], need)
+          takes[#takes + 1] = {c[1], take}
+          need = need - take
+        end
+      end
+      plan[j] = takes
+    end
+    for _, take in ipairs(plan[j]) do used[take[1]] = true end
+  end
+  return plan
+end
+
 local out = {wh_version, tonumber(redis.call('GET', sale_version_key) or '0')}
 local k = 5
 for i = 1, #orders do
   local o = orders[i]
   local order_id, payload, ttl_ms, lines, channel, in_sale = o[1], o[2], o[3], o[4], o[5], o[6] == 1
+  local max_stock = o[7] == 1
   local order_key = KEYS[k]
   local sale_key, counter_key = KEYS[k + 1], KEYS[k + 2]
   local first_stock = k + 1
@@ -87,30 +151,7 @@ for i = 1, #orders do
   elseif refusal then
     out[#out + 1] = refusal
   else
-    -- pass 1: plan every line from current availability, in preference order
-    local plan, short = {}, nil
-    for j = 1, #lines do
-      local line = lines[j]
-      local need, pref = line[2], prefs[line[3] + 1]
-      local avail = {}
-      if #pref > 0 then avail = redis.call('HMGET', KEYS[first_stock + j - 1], unpack(pref)) end
-      local takes = {}
-      for w = 1, #pref do
-        if need == 0 then break end
-        local a = tonumber(avail[w] or '0')
-        if a > 0 then
-          local take = math.min(a, need)
-          takes[#takes + 1] = {pref[w], take}
-          need = need - take
-        end
-      end
-      if need > 0 then
-        short = {4, j - 1, need}
-        break
-      end
-      plan[j] = takes
-    end
-
+    local plan, short = plan_order(lines, first_stock, max_stock)
     if short then
       out[#out + 1] = short
     else

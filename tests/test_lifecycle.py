@@ -164,13 +164,13 @@ async def test_unknown_order_is_404(gw):
 
 
 async def test_ship_writes_shipment_ledger_rows(gw, pg):
-    await gw.set_stock("SKU-1", {"W1": 1, "W2": 5})
+    await gw.set_stock("SKU-1", {"W1": 1, "W2": 1, "W3": 1})  # two units: no single warehouse, a split
     await order_in(gw, "o-1", "shipped")
     stock = await gw.stock("SKU-1")
-    assert stock["on_hand"] == 4 and stock["reserved"] == 0
+    assert stock["on_hand"] == 1 and stock["reserved"] == 0
     await gw.caught_up()
     rows = await pg.fetch("SELECT warehouse, delta, reason, order_id FROM inventory_movements "
                           "WHERE reason = 'shipment' ORDER BY warehouse")
     assert [tuple(r) for r in rows] == [("W1", -1, "shipment", "o-1"), ("W2", -1, "shipment", "o-1")]
     on_hand = dict(await pg.fetch("SELECT warehouse, on_hand FROM inventory WHERE sku = 'SKU-1'"))
-    assert on_hand == {"W1": 0, "W2": 4}
+    assert on_hand == {"W1": 0, "W2": 0, "W3": 1}
