@@ -1,4 +1,4 @@
-"""``python -m gateway``: serve, migrate, audit verify."""
+"""``python -m gateway``: serve, migrate, audit verify, reconcile."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import os
 import sys
 from collections.abc import Iterator
 
+import orjson
+import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 
-from gateway import db
+from gateway import db, reconciler
 from gateway.app import create_app
 from gateway.audit import verify
 from gateway.config import ConfigError, Settings
 from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.scripts import Scripts
 
 log = logging.getLogger("gateway")
 
@@ -87,6 +90,28 @@ def audit(settings: Settings, action: str) -> int:
     return 1
 
 
+def reconcile(settings: Settings, fix: bool) -> int:
+    """Print the report (or, with ``fix``, what repair changed and refused); exit 1 unless ok."""
+    async def run(redis_url: str, database_url: str) -> dict[str, object]:
+        client = aioredis.from_url(redis_url)
+        pool = await db.create_pool(database_url)
+        try:
+            if not fix:
+                return await reconciler.reconcile(client, pool)
+            scripts = Scripts(client)
+            await scripts.load()
+            return await reconciler.repair(client, pool, scripts)
+        finally:
+            await pool.close()
+            await client.aclose()
+
+    with backends(settings) as settings:
+        assert settings.redis_url and settings.database_url
+        result = asyncio.run(run(settings.redis_url, settings.database_url))
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Flash-sale order gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply pending SQL migrations")
     audit_cmd = sub.add_parser("audit", help="check the tamper-evident event chain")
     audit_cmd.add_argument("action", choices=["verify"])
+    reconcile_cmd = sub.add_parser("reconcile", help="compare Redis stock with PostgreSQL")
+    reconcile_cmd.add_argument("--repair", action="store_true", help="rewrite drifted Redis stock from PostgreSQL")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -103,5 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "audit":
         return audit(settings, args.action)
+    if args.command == "reconcile":
+        return reconcile(settings, args.repair)
     {"serve": serve, "migrate": migrate}[args.command](settings)
     return 0
