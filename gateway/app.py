@@ -12,13 +12,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ResponseError
 
 from gateway import appkeys as K
-from gateway import db, feed, reconciler, routes, webhooks
+from gateway import db, feed, keys, reconciler, routes, webhooks
 from gateway.auth import Authenticator
 from gateway.coalescer import Coalescer
 from gateway.config import DEV_ADMIN_KEY, DEV_JWT_SECRET, Settings
@@ -108,9 +109,28 @@ async def wait_aof_supported(client: aioredis.Redis) -> bool:
     return True
 
 
+async def mark_ready(client: aioredis.Redis, pool: asyncpg.Pool) -> bool:
+    """Set the ready marker on a new system; refuse to when Redis lost what PostgreSQL has.
+
+    Without the marker every script answers 503, never "insufficient stock": an empty Redis
+    beside a PostgreSQL with orders and stock means Redis lost its data, and selling from it
+    would oversell. ``python -m gateway rebuild-redis`` restores it and sets the marker.
+    """
+    if await client.exists(keys.ready()):
+        return True
+    has_state = await pool.fetchval("SELECT EXISTS (SELECT 1 FROM inventory) OR EXISTS (SELECT 1 FROM orders)")
+    if not has_state:
+        await client.set(keys.ready(), "1", nx=True)
+        return True
+    log.error("Redis has no state but PostgreSQL has orders and stock: Redis lost its data. "
+              "Orders answer 503 until `python -m gateway rebuild-redis` restores it.")
+    return False
+
+
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[K.SETTINGS]
     client = app[K.REDIS]
+    await mark_ready(client, app[K.PG])
     cache = WarehouseCache(client)
     await cache.load()
     app[K.WAREHOUSES] = cache
@@ -130,7 +150,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     coalescer.start()
     app[K.COALESCER] = coalescer
     writer = Writer(client, app[K.PG], batch=settings.writer_batch,
-                    claim_idle_ms=settings.writer_claim_idle_ms)
+                    claim_idle_ms=settings.writer_claim_idle_ms, low_stock=settings.low_stock)
     await writer.ensure_group()
     if settings.run_writer:
         writer.start()

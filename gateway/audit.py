@@ -42,7 +42,7 @@ async def verify(pool: asyncpg.Pool, batch: int = 5000) -> tuple[int, dict[str, 
                 return checked, await _missing_tail(conn)
             for r in rows:
                 at_ms = int(r["at_ms"])  # written in whole ms: a fraction is a change by hand
-                expected = event_hash(prev, r["stream_id"], r["order_id"], r["seq"], r["type"], at_ms,
+                expected = event_hash(prev, r["stream_id"], r["order_id"] or "", r["seq"] or 0, r["type"], at_ms,
                                       orjson.loads(r["data"]))
                 if r["prev_hash"] != prev or r["hash"] != expected or at_ms != r["at_ms"]:
                     return checked, {"id": r["id"], "order_id": r["order_id"], "seq": r["seq"],

@@ -1,4 +1,4 @@
-"""``python -m gateway``: serve, migrate, audit verify, reconcile."""
+"""``python -m gateway``: serve, migrate, audit verify, reconcile, rebuild-redis."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import orjson
 import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
+from rich.console import Console
+from rich.progress import Progress, TaskID
 
-from gateway import db, reconciler
+from gateway import db, rebuild, reconciler
 from gateway.app import create_app
 from gateway.audit import verify
 from gateway.config import ConfigError, Settings
@@ -112,6 +114,37 @@ def reconcile(settings: Settings, fix: bool) -> int:
     return 0 if result["ok"] else 1
 
 
+def rebuild_redis(settings: Settings, force: bool) -> int:
+    """Restore Redis from PostgreSQL and print what came back; exit 2 when refused."""
+    async def run(redis_url: str, database_url: str) -> dict[str, object]:
+        client = aioredis.from_url(redis_url)
+        pool = await db.create_pool(database_url)
+        try:
+            with Progress(console=Console(stderr=True)) as bar:  # stdout carries the counts
+                tasks: dict[str, TaskID] = {}
+
+                def report(step: str, done: int, total: int) -> None:
+                    if step not in tasks:
+                        tasks[step] = bar.add_task(step, total=total)
+                    bar.update(tasks[step], completed=done)
+
+                return await rebuild.rebuild(client, pool, idempotency_ttl=settings.idempotency_ttl,
+                                             progress=report, force=force)
+        finally:
+            await pool.close()
+            await client.aclose()
+
+    with backends(settings) as settings:
+        assert settings.redis_url and settings.database_url
+        try:
+            counts = asyncio.run(run(settings.redis_url, settings.database_url))
+        except rebuild.Refused as exc:
+            print(f"rebuild-redis refused: {exc}", file=sys.stderr)
+            return 2
+    print(orjson.dumps(counts, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Flash-sale order gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     audit_cmd.add_argument("action", choices=["verify"])
     reconcile_cmd = sub.add_parser("reconcile", help="compare Redis stock with PostgreSQL")
     reconcile_cmd.add_argument("--repair", action="store_true", help="rewrite drifted Redis stock from PostgreSQL")
+    rebuild_cmd = sub.add_parser("rebuild-redis", help="restore Redis from PostgreSQL after it lost its data")
+    rebuild_cmd.add_argument("--force", action="store_true", help="rebuild even though Redis is in service")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -132,5 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return audit(settings, args.action)
     if args.command == "reconcile":
         return reconcile(settings, args.repair)
+    if args.command == "rebuild-redis":
+        return rebuild_redis(settings, args.force)
     {"serve": serve, "migrate": migrate}[args.command](settings)
     return 0

@@ -17,7 +17,15 @@ import orjson
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway import keys
-from gateway.errors import BackendDown, Conflict, IdempotencyMismatch, InsufficientStock, Overloaded
+from gateway.errors import (
+    BackendDown,
+    Conflict,
+    GatewayError,
+    IdempotencyMismatch,
+    InsufficientStock,
+    NotReady,
+    Overloaded,
+)
 from gateway.inventory import WarehouseCache
 from gateway.models import OrderIn, render_order
 from gateway.sales import PriceMismatch, SaleCache, SaleNotActive
@@ -39,7 +47,7 @@ def reserve_call(
     ttl_ms: int, record_ttl: int,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one reserve script call for a batch (see lua/reserve.lua)."""
-    ks = [keys.events(), keys.expiry(), keys.wh_version(), keys.sale_version()]
+    ks = [keys.events(), keys.expiry(), keys.wh_version(), keys.sale_version(), keys.ready()]
     prefs: dict[tuple[str, ...], int] = {}
     packed = []
     for order, payload in orders:
@@ -127,7 +135,7 @@ class Coalescer:
                 try:
                     results = await self._reserve(batch)
                 except Exception as exc:  # every waiter learns the batch failed
-                    if not isinstance(exc, BackendDown):
+                    if not isinstance(exc, GatewayError):
                         log.exception("reserve batch of %d failed", len(batch))
                         exc = BackendDown("Reservation failed, retry with the same order_id")
                     for _, _, fut in batch:
@@ -153,6 +161,8 @@ class Coalescer:
             ks, args = reserve_call(orders, self.warehouses, self.sales, self.strategy, self.ttl_ms,
                                     self.record_ttl)
             reply = await self._call(ks, args)
+            if int(reply[0]) == -2:
+                raise NotReady()
             if int(reply[0]) != -1:
                 break
             await self.warehouses.load()  # another process changed warehouses: plan again

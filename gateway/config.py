@@ -52,6 +52,8 @@ class Settings:
     writer_claim_idle_ms: int = 30000
     run_writer: bool = True
     strategy: str = "priority"
+    low_stock: int = 10
+    forecast_window: int = 300
     dev_credentials: bool = False
 
     def __repr__(self) -> str:
@@ -133,6 +135,8 @@ class Settings:
             writer_claim_idle_ms=_int(v, "OMS_WRITER_CLAIM_IDLE_MS", 30000, 1, 3_600_000),
             run_writer=_bool(v, "OMS_RUN_WRITER", True),
             strategy=_choice(v, "OMS_STRATEGY", STRATEGIES),
+            low_stock=_int(v, "OMS_LOW_STOCK", 10, 0, 10**9),
+            forecast_window=_int(v, "OMS_FORECAST_WINDOW", 300, 10, 86400),
             dev_credentials=dev,
         )
 

@@ -4,7 +4,7 @@ GatewayError
  ├── BadRequest (400)           ├── Unauthorized (401)       ├── Forbidden (403)
  ├── NotFound (404)             ├── PayloadTooLarge (413)    ├── Invalid (422)
  ├── Conflict (409): IdempotencyMismatch, InsufficientStock, BelowReserved
- └── Unavailable (503, Retry-After): Overloaded, BackendDown
+ └── Unavailable (503, Retry-After): Overloaded, BackendDown, NotReady
 """
 
 from __future__ import annotations
@@ -91,3 +91,8 @@ class Overloaded(Unavailable):
 
 class BackendDown(Unavailable):
     code, title = "backend_unavailable", "A backing store is unreachable"
+
+
+class NotReady(Unavailable):
+    code, title = "not_ready", "Redis is being rebuilt from PostgreSQL, retry shortly"
+    retry_after = 5

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from allocator import Warehouse, plan, preference
 from gateway import keys
-from gateway.errors import BelowReserved
+from gateway.errors import BelowReserved, NotReady
 from gateway.models import WarehouseIn
 from gateway.scripts import Scripts
 
@@ -66,7 +66,6 @@ def stock_view(sku: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
         "on_hand": sum(w["on_hand"] for w in warehouses.values()),
         "reserved": sum(w["reserved"] for w in warehouses.values()),
         "available": sum(w["available"] for w in warehouses.values()),
-        "sell_out_eta": None,
     }
 
 
@@ -77,8 +76,10 @@ async def change_stock(
     args: list[Any] = [sku, mode, reason]
     for wh, value in values.items():
         args += [wh, value]
-    ks = [keys.stock(sku), keys.events(), keys.warehouses(), keys.wh_version()]
+    ks = [keys.stock(sku), keys.events(), keys.warehouses(), keys.wh_version(), keys.ready()]
     reply = await scripts.call("stock", ks, args)
+    if int(reply[0]) == -2:
+        raise NotReady()
     if int(reply[0]) == 0:
         wh, reserved, target = reply[1].decode(), int(reply[2]), int(reply[3])
         raise BelowReserved(

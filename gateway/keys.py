@@ -14,6 +14,8 @@ oms:{p}:warehouses                 hash     ``<wh>`` -> "priority|region|active"
 oms:{p}:wh_version                 string   bumped on every warehouse change
 oms:{p}:sale:<sale_id>             hash     sale rules and live ``sold`` units; forever
 oms:{p}:sales                      set      every sale id
+oms:{p}:stockstate:<sku>           string   ok, low_stock or sold_out: the last state announced
+oms:{p}:ready                      string   present while Redis holds the whole state (not lost or rebuilding)
 oms:{p}:sale_version               string   bumped on every sale change
 oms:{p}:sale:<sale_id>:u:<user>    hash     ``units`` a user holds in the sale; sale lifetime
 """
@@ -71,6 +73,14 @@ def sale_version(p: str = "{p0}") -> str:
 
 def sale_user(sale_id: str, user_id: str, p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:sale:{sale_id}:u:{user_id}"
+
+
+def stock_state(sku: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:stockstate:{sku}"
+
+
+def ready(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:ready"
 
 
 def all_partitions() -> list[str]:

@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway import appkeys as K
 from gateway import keys, lifecycle
 from gateway.auth import Principal
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, NotFound, NotReady
 from gateway.models import decode_order, encode, render_order
 
 RECORD_FIELDS = ("p", "a", "c", "u", "s")
@@ -74,8 +74,11 @@ def row_view(row: asyncpg.Record) -> dict[str, Any]:
 async def pg_record(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
     """The order as PostgreSQL has it, shaped like the Redis record (strings throughout)."""
     row = await pool.fetchrow(ORDER_SELECT + " WHERE o.order_id = $1", order_id)
-    if row is None:
-        return None
+    return None if row is None else record_of(row)
+
+
+def record_of(row: asyncpg.Record) -> dict[str, str]:
+    """The Redis order record (see lua/transition.lua) from an ``ORDER_SELECT`` row."""
     canonical = encode(decode_order(row["payload"].encode()))  # jsonb reformats; the key needs the exact bytes
     record = {"p": canonical.decode(), "a": row["alloc"], "c": str(row["created_ms"]),
               "u": str(row["until_ms"]), "s": row["status"], "n": str(row["last_seq"])}
@@ -140,7 +143,7 @@ def transition_call(
     """KEYS and ARGV of one transition script call."""
     sale_id = payload.get("sale_id") or ""
     ks = [keys.order(order_id), keys.events(), keys.expiry(), keys.sale(sale_id),
-          keys.sale_user(sale_id, payload["user_id"])]
+          keys.sale_user(sale_id, payload["user_id"]), keys.ready()]
     ks.extend(keys.stock(item["sku"]) for item in payload["items"])
     rules = lifecycle.rules(action)
     if user_only:  # a buyer may only cancel an order that is not paid yet
@@ -155,6 +158,8 @@ def check_reply(reply: list[Any], action: str) -> tuple[str, bool]:
     code = int(reply[0])
     if code == 1:
         return reply[1].decode(), bool(int(reply[2]))
+    if code == -2:
+        raise NotReady()
     if code == 0:
         raise NotFound("No such order")
     if code == 2:

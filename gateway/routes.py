@@ -36,6 +36,7 @@ from gateway.models import (
 )
 from gateway.orders import ORDER_SELECT, change, load_order, may_read, row_view
 from gateway.sales import SaleIn, put_sale, sale_view
+from gateway.stockwatch import forecast
 
 ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 SKU = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -246,7 +247,36 @@ async def list_orders(request: web.Request) -> web.Response:
 async def get_inventory(request: web.Request) -> web.Response:
     principal(request).require("ops")
     sku = path_id(request, "sku", SKU)
-    return json(stock_view(sku, await request.app[K.REDIS].hgetall(keys.stock(sku))))
+    return json(await with_forecast(request.app, stock_view(sku, await request.app[K.REDIS].hgetall(keys.stock(sku)))))
+
+
+async def with_forecast(app: web.Application, view: dict[str, Any]) -> dict[str, Any]:
+    view.update(await forecast(app[K.PG], view["sku"], view["available"], app[K.SETTINGS].forecast_window))
+    return view
+
+
+async def stats(request: web.Request) -> web.Response:
+    """The live numbers an operator watches during a sale, with a forecast per selling SKU."""
+    principal(request).require("ops")
+    app = request.app
+    window = app[K.SETTINGS].forecast_window
+    skus = [r["sku"] for r in await app[K.PG].fetch(
+        """SELECT i.sku, sum(i.qty) AS units FROM order_items i JOIN orders o ON o.order_id = i.order_id
+           WHERE o.created_at > now() - $1 * interval '1 second' GROUP BY i.sku ORDER BY units DESC LIMIT 20""",
+        window)]
+    pipe = app[K.REDIS].pipeline(transaction=False)
+    for sku in skus:
+        pipe.hgetall(keys.stock(sku))
+    views = [stock_view(sku, raw) for sku, raw in zip(skus, await pipe.execute(), strict=True)]
+    for view in views:
+        await with_forecast(app, view)
+    coalescer, writer = app[K.COALESCER], app[K.WRITER]
+    return json({
+        "orders_in_flight": coalescer.in_flight, "reserve_batches": coalescer.batches,
+        "events_written": writer.written, "orders_expired": app[K.EXPIRER].expired,
+        "stream_length": await app[K.REDIS].xlen(keys.events()),
+        "window_seconds": window, "skus": views,
+    })
 
 
 async def put_inventory(request: web.Request) -> web.Response:
@@ -255,7 +285,7 @@ async def put_inventory(request: web.Request) -> web.Response:
     body = decode(await request.read(), InventorySet)
     view = await change_stock(request.app[K.SCRIPTS], request.app[K.WAREHOUSES], sku, "set", "set",
                               body.warehouses)
-    return json(view)
+    return json(await with_forecast(request.app, view))
 
 
 async def adjust_inventory(request: web.Request) -> web.Response:
@@ -266,7 +296,7 @@ async def adjust_inventory(request: web.Request) -> web.Response:
         raise Invalid("delta must not be 0", code="invalid_delta")
     view = await change_stock(request.app[K.SCRIPTS], request.app[K.WAREHOUSES], sku, "add", body.reason,
                               {body.warehouse: body.delta})
-    return json(view)
+    return json(await with_forecast(request.app, view))
 
 
 async def put_warehouse_route(request: web.Request) -> web.Response:
@@ -345,5 +375,6 @@ def setup(app: web.Application) -> None:
     app.router.add_put("/v1/sales/{sale_id}", put_sale_route)
     app.router.add_get("/v1/sales/{sale_id}", get_sale)
     app.router.add_post("/v1/allocations/plan", allocation_plan)
+    app.router.add_get("/v1/stats", stats)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -21,7 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from gateway import keys
+from gateway import keys, stockwatch
 from gateway.audit import GENESIS, event_hash
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class Writer:
         block_ms: int = 100,
         claim_idle_ms: int = 30000,
         name: str | None = None,
+        low_stock: int = 10,
         fault: Callable[[str], None] | None = None,
     ) -> None:
         self.redis = redis
@@ -54,6 +55,7 @@ class Writer:
         self.claim_idle_ms = claim_idle_ms
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.fault = fault
+        self.low_stock = low_stock
         self.written = 0
         self._idle_ticks = 0
         self._stopping = False
@@ -99,11 +101,14 @@ class Writer:
                     raise
 
     async def run(self) -> None:
-        await self.ensure_group()
         stream = keys.events()
         backlog = True  # first re-deliver our own pending entries (a restart under the same name)
+        regroup = True
         while not self._stopping:
             try:
+                if regroup:
+                    await self.ensure_group()
+                    regroup = False
                 claimed = await self._claim(stream)
                 if claimed:
                     await self._write(stream, claimed)
@@ -126,10 +131,15 @@ class Writer:
                 async with self._tick:
                     self._tick.notify_all()
                 raise
-            except Exception:
-                log.exception("writer %s: batch failed, retrying", self.name)
+            except Exception as exc:
                 backlog = True
-                await asyncio.sleep(0.5)
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    log.warning("writer %s: the stream's group is gone (Redis lost data?); recreating it",
+                                self.name)
+                    regroup = True
+                else:
+                    log.exception("writer %s: batch failed, retrying", self.name)
+                    await asyncio.sleep(0.5)
 
     async def _settled(self, stream: str) -> bool:
         """No entry pending in the group: none in another writer's batch, none left by a dead one."""
@@ -147,6 +157,10 @@ class Writer:
             if not fields:  # deleted from the stream after its write; only the ack is left
                 continue
             rows.add(entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+        first_id = entries[0][0].decode()
+        alert_rows, states = await stockwatch.alerts(self.redis, sorted(rows.skus), self.low_stock, first_id,
+                                                     int(first_id.split("-")[0]))
+        rows.events.extend(alert_rows)
         async with self.pool.acquire() as conn, conn.transaction():
             await rows.insert(conn)
             await conn.execute(
@@ -158,6 +172,7 @@ class Writer:
                 self.fault("before_commit")
         if self.fault:
             self.fault("after_commit")
+        await stockwatch.remember(self.redis, states)
         ids = [e[0] for e in entries]
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(stream, keys.WRITER_GROUP, *ids)
@@ -176,6 +191,7 @@ class Rows:
         self.events: list[tuple[Any, ...]] = []
         self.moves: list[tuple[Any, ...]] = []
         self.status: dict[str, tuple[Any, ...]] = {}
+        self.skus: set[str] = set()  # whose availability this batch changed
 
     def add(self, stream_id: str, f: dict[str, str]) -> None:
         kind = f["t"]
@@ -183,6 +199,7 @@ class Rows:
             self._accepted(stream_id, f)
         elif kind == "inventory.moved":
             at = int(stream_id.split("-")[0])
+            self.skus.add(f["s"])
             self.moves.append(
                 (stream_id, f["s"], f["w"], int(f["d"]), int(f["h"]), f["r"], f.get("o"), at)
             )
@@ -210,6 +227,7 @@ class Rows:
         allocations = []
         for line_no, (item, group) in enumerate(zip(payload["items"], f["a"].split(";"), strict=True)):
             self.items.append((order_id, line_no, item["sku"], item["qty"], item.get("unit_price")))
+            self.skus.add(item["sku"])
             for part in group.split(","):
                 wh, _, qty = part.partition("=")
                 self.allocs.append((order_id, item["sku"], wh, int(qty)))
@@ -287,7 +305,7 @@ class Rows:
             if sid in known:
                 continue
             known.add(sid)
-            digest = event_hash(prev, sid, order_id, seq, kind, at, orjson.loads(data))
+            digest = event_hash(prev, sid, order_id or "", seq or 0, kind, at, orjson.loads(data))
             rows.append((sid, order_id, seq, kind, at, data, prev, digest))
             prev = digest
         if rows:

@@ -1,8 +1,8 @@
 -- reserve.lua: reserve stock for a coalesced batch of orders, each atomic on its own.
 --
 -- KEYS[1]  events stream     KEYS[2]  expiry zset     KEYS[3]  warehouse version
--- KEYS[4]  sale version
--- KEYS[5..] per order, in batch order: the order hash, then (only for an order in a sale)
+-- KEYS[4]  sale version      KEYS[5]  the ready marker
+-- KEYS[6..] per order, in batch order: the order hash, then (only for an order in a sale)
 --          the sale hash and the user's counter in that sale, then one stock hash per line
 -- ARGV[1]  seconds an order record (the idempotency record) lives
 -- ARGV[2]  JSON batch: {"p": [[wh, ...], ...],            preference lists, shared
@@ -13,7 +13,8 @@
 --          max_stock is 1 when lines draw from the warehouses with most stock first.
 -- ARGV[3]  the warehouse version the preference lists were computed from
 --
--- Returns {-1} and does nothing when ARGV[3] is not the current warehouse version (the
+-- Returns {-2} and does nothing while the ready marker is missing (Redis lost its data or is
+-- being rebuilt: no answer may say "insufficient stock" then), {-1} and does nothing when ARGV[3] is not the current warehouse version (the
 -- caller reloads and retries: a stale preference list could miss a warehouse's stock), else
 -- {warehouse_version, sale_version, result_1, ..., result_n}, one result per order:
 --   {1, alloc, created_ms, until_ms}           accepted (201)
@@ -60,6 +61,7 @@ local function sale_check(sale_key, counter_key, lines, channel)
   return nil, units, r[5], tonumber(r[2])
 end
 
+if redis.call('EXISTS', KEYS[5]) == 0 then return {-2} end
 local wh_version = tonumber(redis.call('GET', version_key) or '0')
 if wh_version ~= tonumber(ARGV[3]) then return {-1} end
 -- The split policy fewest_splits; allocator/policy.py is its reference and says it in words.
@@ -125,7 +127,7 @@ local function plan_order(lines, first_stock, max_stock)
 end
 
 local out = {wh_version, tonumber(redis.call('GET', sale_version_key) or '0')}
-local k = 5
+local k = 6
 for i = 1, #orders do
   local o = orders[i]
   local order_id, payload, ttl_ms, lines, channel, in_sale = o[1], o[2], o[3], o[4], o[5], o[6] == 1

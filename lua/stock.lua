@@ -2,10 +2,12 @@
 --
 -- KEYS[1]  stock hash of the SKU     KEYS[2]  events stream
 -- KEYS[3]  warehouses hash           KEYS[4]  warehouse version
+-- KEYS[5]  the ready marker
 -- ARGV[1]  sku    ARGV[2]  mode: "set" (values are on hand) or "add" (values are deltas)
 -- ARGV[3]  reason (ledger)           ARGV[4..] pairs: warehouse, integer value
 --
--- Returns {0, warehouse, reserved, requested_on_hand} when on hand would drop below what is
+-- Returns {-2} while the ready marker is missing (Redis lost its data or is being rebuilt),
+-- {0, warehouse, reserved, requested_on_hand} when on hand would drop below what is
 -- reserved there (nothing changed), else {1, HGETALL of the stock hash}.
 -- Each on-hand change is one "inventory.moved" stream entry, which the writers turn into
 -- an inventory_movements ledger row; a warehouse seen here for the first time is
@@ -14,6 +16,7 @@
 local stock_key, events_key, wh_key, version_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sku, mode, reason = ARGV[1], ARGV[2], ARGV[3]
 
+if redis.call('EXISTS', KEYS[5]) == 0 then return {-2} end
 local changes = {}
 for i = 4, #ARGV, 2 do
   local wh, value = ARGV[i], tonumber(ARGV[i + 1])

@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  order hash       KEYS[2]  events stream      KEYS[3]  expiry zset
 -- KEYS[4]  sale hash        KEYS[5]  the user's per-sale counter (both unused without a sale)
--- KEYS[6..] one stock hash per order line, in line order
+-- KEYS[6]  the ready marker
+-- KEYS[7..] one stock hash per order line, in line order
 -- ARGV[1]  action           ARGV[2]  order id
 -- ARGV[3]  rules "src>dst>event>stock;..." for this action (gateway/lifecycle.py is the table)
 -- ARGV[4]  statuses that mean the action already happened, "a,b"
@@ -13,6 +14,7 @@
 --          restored when Redis no longer holds it (its record outlived OMS_IDEMPOTENCY_TTL)
 --
 -- Returns one of
+--   {-2}                     Redis lost its data or is being rebuilt (nothing changed)
 --   {0}                      no such order in Redis
 --   {1, status, changed}     done: changed 1 with a new event, 0 when it had already happened
 --   {2, status}              pay with another payment id on an order already paid
@@ -27,6 +29,7 @@ local action, order_id, rules, done = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local data, payment_id, in_sale, record_ttl = ARGV[5], ARGV[6], ARGV[7] == '1', tonumber(ARGV[8])
 local reason = ARGV[9]
 
+if redis.call('EXISTS', KEYS[6]) == 0 then return {-2} end
 local fields = {'s', 'n', 'a', 'u', 'pid', 'cr'}
 local rec = redis.call('HMGET', order_key, unpack(fields))
 if not rec[1] and ARGV[10] ~= '' then
@@ -71,7 +74,7 @@ if effect ~= 'none' then
   local j = 0
   for group in string.gmatch(rec[3], '[^;]+') do
     j = j + 1
-    local stock_key = KEYS[5 + j]
+    local stock_key = KEYS[6 + j]
     for wh, qty in string.gmatch(group, '([^=,]+)=(%d+)') do
       qty = tonumber(qty)
       units = units + qty

@@ -67,6 +67,7 @@ async def engine(redis):
     scripts = Scripts(redis)
     await scripts.load()
     cache, sales = WarehouseCache(redis), SaleCache(redis)
+    await redis.set(keys.ready(), "1")
     await redis.hset(keys.warehouses(), mapping={"W1": "2|east|1", "W2": "1|west|1", "W3": "1|east|1",
                                                  "W4": "5||1"})
     await cache.load()

@@ -15,7 +15,7 @@ AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 async def place(gw, n: int) -> list[dict[str, Any]]:
     """``n`` accepted orders, written to PostgreSQL; their 201 bodies."""
-    await gw.set_stock("SKU-1", {"W1": n})
+    await gw.set_stock("SKU-1", {"W1": n + 1000})  # never low: the feed holds only order events here
     resps = await asyncio.gather(*(gw.post("/v1/orders", order_body(f"feed-{i}"), auth("k-web"))
                                    for i in range(n)))
     assert [r.status for r in resps] == [201] * n

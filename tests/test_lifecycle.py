@@ -40,6 +40,11 @@ async def order_in(gw, order_id, status):
     return order_id
 
 
+def units(view):
+    """The stock figures of an inventory view, without the forecast that moves with the clock."""
+    return {k: view[k] for k in ("warehouses", "on_hand", "reserved", "available")}
+
+
 def conserved(stock):
     for w in stock["warehouses"].values():
         assert w["on_hand"] == w["available"] + w["reserved"]
@@ -53,10 +58,10 @@ CASES = [(status, action) for status in PATH_TO for action in ENDPOINT]
 async def test_every_action_from_every_status(gw, pg, status, action):
     await gw.set_stock("SKU-1", {"W1": 10})
     order_id = await order_in(gw, "o-1", status)
-    before = await gw.stock("SKU-1")
+    before = units(await gw.stock("SKU-1"))
     resp = await act(gw, order_id, action)
     body = await resp.json()
-    after = await gw.stock("SKU-1")
+    after = units(await gw.stock("SKU-1"))
     conserved(after)
     rule = lifecycle.transition(action, status)
     await gw.caught_up()

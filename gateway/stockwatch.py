@@ -1,0 +1,77 @@
+"""Low stock, sold out, and the sell-out forecast.
+
+Alerts: after each batch the writer looks at the availability of the SKUs the batch
+touched and emits ``inventory.low_stock`` (at or below the threshold) or
+``inventory.sold_out`` (nothing available) when a SKU enters that state; the state is
+remembered in Redis so a SKU that stays low is not announced again until it recovers.
+Delivery is at least once: the event id is derived from the batch, so a re-delivered batch
+repeats nothing, while two writers seeing the same change may both announce it.
+
+Forecast: the sales rate over a sliding window comes from PostgreSQL (orders accepted and
+not cancelled), so it costs the hot path nothing; ``sell_out_eta`` is when the available
+units run out at that rate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+
+from gateway import keys
+from gateway.models import iso_ms
+
+
+def available(raw: dict[bytes, bytes]) -> int:
+    return sum(int(v) for f, v in raw.items() if not f.startswith(b"r:"))
+
+
+async def alerts(
+    redis: aioredis.Redis, skus: list[str], threshold: int, batch_id: str, at_ms: int
+) -> tuple[list[tuple[Any, ...]], dict[str, str]]:
+    """Event rows to append and the states to remember once they are committed."""
+    pipe = redis.pipeline(transaction=False)
+    for sku in skus:
+        pipe.hgetall(keys.stock(sku))
+        pipe.get(keys.stock_state(sku))
+    replies = await pipe.execute()
+    events, states = [], {}
+    for sku, raw, before in zip(skus, replies[::2], replies[1::2], strict=True):
+        left = available(raw)
+        state = "sold_out" if left == 0 else "low_stock" if left <= threshold else "ok"
+        if state == (before.decode() if before else "ok"):
+            continue
+        states[sku] = state
+        if state != "ok":
+            data = orjson.dumps({"sku": sku, "available": left, "threshold": threshold}).decode()
+            events.append((f"{batch_id}:{sku}:{state}", None, None, f"inventory.{state}", at_ms, data))
+    return events, states
+
+
+async def remember(redis: aioredis.Redis, states: dict[str, str]) -> None:
+    if states:
+        await redis.mset({keys.stock_state(sku): state for sku, state in states.items()})
+
+
+async def forecast(pool: asyncpg.Pool, sku: str, available_now: int, window_s: int) -> dict[str, Any]:
+    """Units per minute over the window (or since the first sale in it) and the sell-out time."""
+    row = await pool.fetchrow(
+        """SELECT coalesce(sum(i.qty), 0) AS units, min(o.created_at) AS first, now() AS now
+           FROM order_items i JOIN orders o ON o.order_id = i.order_id
+           WHERE i.sku = $1 AND o.status <> 'cancelled'
+             AND o.created_at > now() - $2 * interval '1 second'""",
+        sku, window_s,
+    )
+    units, first, now = row["units"], row["first"], row["now"]
+    if not units or first is None:
+        return {"sales_per_minute": 0.0, "sell_out_eta": None}
+    span = max((now - first).total_seconds(), 1.0)
+    rate = units / span
+    eta = None
+    if available_now > 0:
+        at = now + dt.timedelta(seconds=available_now / rate)
+        eta = iso_ms(int(at.timestamp() * 1000))
+    return {"sales_per_minute": round(rate * 60, 3), "sell_out_eta": eta}

@@ -1,0 +1,35 @@
+"""Redis losing its data: the gateway answers 503 ``not_ready``, never "insufficient stock"."""
+
+from __future__ import annotations
+
+from gateway import appkeys as K
+from gateway.app import mark_ready
+from tests.conftest import auth, order_body
+
+
+async def test_flushed_redis_answers_503_not_insufficient_stock(gw, redis, pg):
+    await gw.set_stock("SKU-1", {"W1": 5})
+    assert (await gw.post("/v1/orders", order_body("o-1"))).status == 201
+    await gw.caught_up()
+    await redis.flushall()
+    await gw.app[K.SCRIPTS].load()
+    order = await gw.post("/v1/orders", order_body("o-2"))
+    assert order.status == 503
+    assert (await order.json())["code"] == "not_ready"
+    assert order.headers["Retry-After"] == "5"
+    stock = await gw.client.put("/v1/inventory/SKU-1", json={"warehouses": {"W1": 9}}, headers=auth("k-ops"))
+    assert stock.status == 503
+    pay = await gw.client.post("/v1/orders/o-1/payment", json={"payment_id": "p", "amount": 0},
+                               headers=auth("k-pay"))
+    assert pay.status == 503
+    assert not await redis.exists("oms:{p0}:stock:SKU-1")
+
+
+async def test_start_on_empty_redis_marks_ready_only_when_postgres_is_empty(gw, redis, pg):
+    await redis.delete("oms:{p0}:ready")
+    assert await mark_ready(redis, pg) is True  # nothing in PostgreSQL: a new system
+    await gw.set_stock("SKU-1", {"W1": 5})
+    await gw.caught_up()
+    await redis.delete("oms:{p0}:ready")
+    assert await mark_ready(redis, pg) is False
+    assert not await redis.exists("oms:{p0}:ready")
