@@ -23,6 +23,7 @@ from gateway.app import create_app
 from gateway.audit import verify
 from gateway.config import ConfigError, Settings
 from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.errors import NotReady
 from gateway.scripts import Scripts
 
 log = logging.getLogger("gateway")
@@ -109,7 +110,11 @@ def reconcile(settings: Settings, fix: bool) -> int:
 
     with backends(settings) as settings:
         assert settings.redis_url and settings.database_url
-        result = asyncio.run(run(settings.redis_url, settings.database_url))
+        try:
+            result = asyncio.run(run(settings.redis_url, settings.database_url))
+        except NotReady as exc:
+            print(f"reconcile refused: {exc.detail}", file=sys.stderr)
+            return 2
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0 if result["ok"] else 1
 

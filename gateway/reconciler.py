@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway import appkeys as K
 from gateway import keys
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, NotReady
 from gateway.routes import json, principal
 from gateway.scripts import Scripts
 
@@ -132,8 +132,11 @@ async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wa
     A SKU is left alone, every drifted warehouse of it listed in ``refused`` with the
     reason, when the comparison was ``lagging`` (in-flight orders would look like drift and
     be undone), when its hash changed since it was read, or when PostgreSQL's numbers for
-    it would make availability negative. ``ok`` is true when nothing was refused.
+    it would make availability negative. ``ok`` is true when nothing was refused. A Redis
+    without the ready marker lost more than stock: that is ``rebuild-redis``'s work.
     """
+    if not await redis.exists(keys.ready()):
+        raise NotReady("Redis lost its data: run `python -m gateway rebuild-redis`, not a repair")
     report = await reconcile(redis, pool, wait)
     repaired, refused = [], []
     for sku, group in itertools.groupby(report["drift"], key=lambda d: d["sku"]):

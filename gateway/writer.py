@@ -25,7 +25,7 @@ from gateway import keys, stockwatch
 from gateway.audit import GENESIS, event_hash
 
 log = logging.getLogger(__name__)
-EVENTS_LOCK = 0x6F6D7366  # advisory lock: one writer at a time appends to order_events
+EVENTS_LOCK = 0x6F6D7366  # advisory lock: one writer transaction at a time
 MS = "(timestamptz 'epoch' + {} * interval '1 millisecond')"  # exact, unlike to_timestamp(ms / 1000.0)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -236,6 +236,9 @@ class Rows:
         self.events.append((stream_id, order_id, int(f["n"]), "order.accepted", created, data.decode()))
 
     async def insert(self, conn: asyncpg.Connection) -> None:
+        # One writer transaction at a time, whole: event ids then commit in chain order, and
+        # a status update never misses an order row that another writer is committing.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
         if self.orders:
             await conn.execute(
                 f"""INSERT INTO orders (order_id, user_id, channel, sale_id, status, ship_to, currency,
@@ -296,7 +299,6 @@ class Rows:
 
     async def _append_events(self, conn: asyncpg.Connection) -> None:
         """Append new events to the hash chain, skipping re-deliveries, in stream order."""
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
         known = {r["stream_id"] for r in await conn.fetch(
             "SELECT stream_id FROM order_events WHERE stream_id = ANY($1::text[])", [e[0] for e in self.events])}
         prev = await conn.fetchval("SELECT hash FROM order_events ORDER BY id DESC LIMIT 1") or GENESIS

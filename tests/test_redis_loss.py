@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
+import pytest
+
 from gateway import appkeys as K
+from gateway import reconciler
 from gateway.app import mark_ready
+from gateway.errors import NotReady
 from tests.conftest import auth, order_body
 
 
@@ -33,3 +41,17 @@ async def test_start_on_empty_redis_marks_ready_only_when_postgres_is_empty(gw, 
     await redis.delete("oms:{p0}:ready")
     assert await mark_ready(redis, pg) is False
     assert not await redis.exists("oms:{p0}:ready")
+
+
+async def test_repair_refuses_a_redis_that_lost_everything(gw, redis, pg, backends):
+    await gw.set_stock("SKU-1", {"W1": 5})
+    await gw.caught_up()
+    await redis.flushall()
+    with pytest.raises(NotReady):
+        await reconciler.repair(redis, pg, gw.app[K.SCRIPTS])
+    env = {**os.environ, "OMS_REDIS_URL": backends.redis_url, "OMS_DATABASE_URL": backends.database_url}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "reconcile", "--repair", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and b"rebuild-redis" in err
+    assert not await redis.exists("oms:{p0}:stock:SKU-1")
