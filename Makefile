@@ -1,16 +1,21 @@
 # Two commands: `make run` and `make test`. Both create .venv and install on first use.
+# `make bench` and `make locust` (bench/README.md) add the bench extras.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+LOCUST_HOST ?= http://127.0.0.1:8080
 
-.PHONY: all install run test clean help
+.PHONY: all install run test bench locust clean help
 
 all: test
 
 help:
 	@echo "make run    install into .venv and start the gateway (embedded Valkey + PostgreSQL under .data/)"
 	@echo "make test   install into .venv and run the whole suite against real servers"
+	@echo "make bench  ceiling vs naive vs gateway, prints the table, writes bench/results/ (BENCH_ARGS=--quick)"
+	@echo "make locust headless Locust flash sale against a running gateway (LOCUST_HOST)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +25,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
 run: install
 	$(PY) -m gateway serve
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install $(BENCH_STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+locust: install $(BENCH_STAMP)
+	$(VENV)/bin/locust -f bench/locustfile.py --headless -u 200 -r 50 -t 30s --host $(LOCUST_HOST)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache
