@@ -9,8 +9,9 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import orjson
 import redis.asyncio as aioredis
 import uvloop
@@ -93,20 +94,26 @@ def audit(settings: Settings, action: str) -> int:
     return 1
 
 
+@contextlib.asynccontextmanager
+async def stores(redis_url: str, database_url: str) -> AsyncIterator[tuple[aioredis.Redis, asyncpg.Pool]]:
+    client = aioredis.from_url(redis_url)
+    pool = await db.create_pool(database_url)
+    try:
+        yield client, pool
+    finally:
+        await pool.close()
+        await client.aclose()
+
+
 def reconcile(settings: Settings, fix: bool) -> int:
     """Print the report (or, with ``fix``, what repair changed and refused); exit 1 unless ok."""
     async def run(redis_url: str, database_url: str) -> dict[str, object]:
-        client = aioredis.from_url(redis_url)
-        pool = await db.create_pool(database_url)
-        try:
+        async with stores(redis_url, database_url) as (client, pool):
             if not fix:
                 return await reconciler.reconcile(client, pool)
             scripts = Scripts(client)
             await scripts.load()
             return await reconciler.repair(client, pool, scripts)
-        finally:
-            await pool.close()
-            await client.aclose()
 
     with backends(settings) as settings:
         assert settings.redis_url and settings.database_url
@@ -122,9 +129,7 @@ def reconcile(settings: Settings, fix: bool) -> int:
 def rebuild_redis(settings: Settings, force: bool) -> int:
     """Restore Redis from PostgreSQL and print what came back; exit 2 when refused."""
     async def run(redis_url: str, database_url: str) -> dict[str, object]:
-        client = aioredis.from_url(redis_url)
-        pool = await db.create_pool(database_url)
-        try:
+        async with stores(redis_url, database_url) as (client, pool):
             with Progress(console=Console(stderr=True)) as bar:  # stdout carries the counts
                 tasks: dict[str, TaskID] = {}
 
@@ -135,9 +140,6 @@ def rebuild_redis(settings: Settings, force: bool) -> int:
 
                 return await rebuild.rebuild(client, pool, idempotency_ttl=settings.idempotency_ttl,
                                              progress=report, force=force)
-        finally:
-            await pool.close()
-            await client.aclose()
 
     with backends(settings) as settings:
         assert settings.redis_url and settings.database_url

@@ -22,11 +22,11 @@ from redis.exceptions import ResponseError
 
 from gateway import keys
 from gateway.orders import ORDER_SELECT, record_of
+from gateway.reconciler import HOLDING, PG_STOCK
 from gateway.sales import SaleIn, rules
 
 log = logging.getLogger(__name__)
 BATCH = 1000  # commands per pipeline, rows per cursor fetch
-HOLDING = ("pending_payment", "paid")  # statuses whose allocations hold stock
 COUNTER_LIFE_MS = 7 * 86400 * 1000  # a per-user counter outlives its sale by this, as in reserve.lua
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
@@ -45,16 +45,6 @@ SALE_UNITS = """
       AND NOT (o.status IN ('refunding', 'refunded') AND NOT EXISTS (
           SELECT 1 FROM order_events e WHERE e.order_id = o.order_id AND e.type = 'order.shipped'))
     GROUP BY o.sale_id, o.user_id"""
-
-# Full join: units allocated in a warehouse without an inventory row are a conservation break to report.
-STOCK = """
-    WITH held AS (
-        SELECT a.sku, a.warehouse, sum(a.qty) AS reserved
-        FROM allocations a JOIN orders o USING (order_id)
-        WHERE o.status = ANY($1::text[])
-        GROUP BY a.sku, a.warehouse)
-    SELECT sku, warehouse, coalesce(i.on_hand, 0) AS on_hand, coalesce(h.reserved, 0) AS reserved
-    FROM inventory i FULL JOIN held h USING (sku, warehouse)"""
 
 # Open orders, and recent ones so a replay of their id still answers 200/409, never reserves again.
 ORDERS = ORDER_SELECT + """
@@ -192,7 +182,7 @@ async def _sales(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progre
 async def _stock(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progress) -> tuple[int, list[dict[str, Any]]]:
     """Every (sku, warehouse): reserved from open orders, the rest of on hand available."""
     broken = []
-    total, rows = await _rows(conn, STOCK, list(HOLDING))
+    total, rows = await _rows(conn, PG_STOCK, list(HOLDING))
     out = _Pipe(redis, report, "stock", total)
     async for r in rows:
         sku, wh, on_hand, reserved = r["sku"], r["warehouse"], r["on_hand"], r["reserved"]

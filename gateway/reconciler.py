@@ -29,7 +29,8 @@ POLL = 0.05  # seconds between drain checks; the writers give no signal to wait 
 
 Pair = tuple[str, str]  # (sku, warehouse)
 
-# One statement, so one snapshot: on hand from the ledger-fed table, reserved from open orders.
+# One statement, so one snapshot: on hand from the ledger-fed table, reserved from open orders;
+# the full join also yields units allocated where no inventory row exists (a conservation break).
 PG_STOCK = """
     WITH held AS (
         SELECT a.sku, a.warehouse, sum(a.qty) AS reserved
