@@ -23,23 +23,20 @@ from gateway.errors import (
     GatewayError,
     IdempotencyMismatch,
     InsufficientStock,
+    LimitExceeded,
     NotReady,
     Overloaded,
+    PriceMismatch,
+    SaleNotActive,
 )
 from gateway.inventory import WarehouseCache
 from gateway.models import OrderIn, render_order
-from gateway.sales import PriceMismatch, SaleCache, SaleNotActive
+from gateway.sales import SaleCache
 from gateway.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
 Result = tuple[int, dict[str, Any]]
-
-
-class LimitExceeded(Conflict):
-    code, title = "limit_exceeded", "The per-user limit of this sale would be exceeded"
-
-
 
 
 def reserve_call(

@@ -3,7 +3,9 @@
 GatewayError
  ├── BadRequest (400)           ├── Unauthorized (401)       ├── Forbidden (403)
  ├── NotFound (404)             ├── PayloadTooLarge (413)    ├── Invalid (422)
- ├── Conflict (409): IdempotencyMismatch, InsufficientStock, BelowReserved
+ ├── Conflict (409): IdempotencyMismatch, InsufficientStock, BelowReserved, IllegalTransition,
+ │     ReservationExpired, AmountMismatch, PaymentConflict, SaleNotActive, LimitExceeded,
+ │     PriceMismatch
  └── Unavailable (503, Retry-After): Overloaded, BackendDown, NotReady
 """
 
@@ -78,6 +80,34 @@ class InsufficientStock(Conflict):
 
 class BelowReserved(Conflict):
     code, title = "below_reserved", "On hand would drop below reserved units"
+
+
+class IllegalTransition(Conflict):
+    code, title = "illegal_transition", "Not allowed from the order's current status"
+
+
+class ReservationExpired(Conflict):
+    code, title = "reservation_expired", "The reservation expired before payment"
+
+
+class AmountMismatch(Conflict):
+    code, title = "amount_mismatch", "Amount differs from the order total"
+
+
+class PaymentConflict(Conflict):
+    code, title = "payment_conflict", "The order was paid with another payment id"
+
+
+class SaleNotActive(Conflict):
+    code, title = "sale_not_active", "The sale is not running"
+
+
+class LimitExceeded(Conflict):
+    code, title = "limit_exceeded", "The per-user limit of this sale would be exceeded"
+
+
+class PriceMismatch(Conflict):
+    code, title = "price_mismatch", "Prices are the sale's to decide"
 
 
 class Unavailable(GatewayError):

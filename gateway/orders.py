@@ -17,26 +17,17 @@ from aiohttp import web
 from gateway import appkeys as K
 from gateway import keys, lifecycle
 from gateway.auth import Principal
-from gateway.errors import Conflict, NotFound, NotReady
+from gateway.errors import (
+    AmountMismatch,
+    IllegalTransition,
+    NotFound,
+    NotReady,
+    PaymentConflict,
+    ReservationExpired,
+)
 from gateway.models import decode_order, encode, render_order
 
 RECORD_FIELDS = ("p", "a", "c", "u", "s")
-
-
-class IllegalTransition(Conflict):
-    code, title = "illegal_transition", "Not allowed from the order's current status"
-
-
-class ReservationExpired(Conflict):
-    code, title = "reservation_expired", "The reservation expired before payment"
-
-
-class AmountMismatch(Conflict):
-    code, title = "amount_mismatch", "Amount differs from the order total"
-
-
-class PaymentConflict(Conflict):
-    code, title = "payment_conflict", "The order was paid with another payment id"
 
 
 def may_read(who: Principal, user_id: str, channel: str) -> bool:

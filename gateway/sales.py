@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from msgspec import Meta, Struct
 
 from gateway import keys
-from gateway.errors import Conflict, Invalid
+from gateway.errors import Invalid, PriceMismatch, SaleNotActive
 from gateway.models import Channel, Currency, Money, OrderIn, Sku, iso_ms
 
 
@@ -33,14 +33,6 @@ class SaleIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
     strategy: Literal["priority", "region", "max_stock"] | None = None
     prices: dict[Sku, Money] | None = None
     currency: Currency | None = None
-
-
-class SaleNotActive(Conflict):
-    code, title = "sale_not_active", "The sale is not running"
-
-
-class PriceMismatch(Conflict):
-    code, title = "price_mismatch", "Prices are the sale's to decide"
 
 
 def _ms(t: dt.datetime) -> int:
