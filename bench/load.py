@@ -1,25 +1,36 @@
 """Load generators: wrk when installed, else a Python closed loop; and a Python open loop.
 
 Every request is a new order for one unit of one SKU, the same body ``bench/order.lua``
-sends, so the three targets see identical traffic.
+sends, so the three targets see identical traffic. ``python -m bench.load`` runs one open
+loop and prints its raw samples as JSON: the overload phase runs several such processes.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
 import gc
+import json
+import os
 import re
+import resource
 import shutil
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 ORDER_LUA = Path(__file__).resolve().parent / "order.lua"
 HEADERS = {"Authorization": "Bearer dev-admin-key", "Content-Type": "application/json"}
 REQUEST = (b"POST /v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer dev-admin-key\r\n"
            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
 CONNECTIONS = 64
+DRAIN_TIMEOUT = 30.0
 
 
 def order_body(order_id: str, n: int, sku: str = "HOT") -> bytes:
@@ -33,30 +44,41 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-async def closed_loop(base_url: str, seconds: int, prefix: str) -> dict[str, Any]:
+def raise_fd_limit() -> None:
+    """Overload needs thousands of connections: lift the soft descriptor limit to the hard one
+    (children, the servers included, inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def closed_loop(base_url: str, seconds: int, prefix: str, sku: str = "HOT") -> dict[str, Any]:
     """Max throughput with 64 connections: wrk (-t1 -c64) when installed, else Python."""
     if shutil.which("wrk"):
-        return await _wrk(base_url, seconds)
-    return await python_closed_loop(base_url, seconds, prefix)
+        return await _wrk(base_url, seconds, sku)
+    return await python_closed_loop(base_url, seconds, prefix, sku)
 
 
-async def _wrk(base_url: str, seconds: int) -> dict[str, Any]:
+async def _wrk(base_url: str, seconds: int, sku: str) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", str(ORDER_LUA), base_url + "/",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "SKU": sku})
     out = (await proc.communicate())[0].decode()
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed:\n{out}")
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    """Requests, elapsed time, socket errors and the status counts order.lua prints."""
     done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", out)
     if not done:
         raise RuntimeError(f"cannot read wrk output:\n{out}")
     elapsed = float(done[2]) * {"ms": 0.001, "s": 1, "m": 60}[done[3]]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    requests = int(done[1])
-    failed = int(non2xx[1]) if non2xx else 0
-    return {"tool": "wrk", "requests": requests, "ok": requests - failed, "seconds": elapsed,
-            "socket_errors": sum(map(int, errors.groups())) if errors else 0}
+    statuses = {int(code): int(n) for code, n in re.findall(r"^status (\d+) (\d+)$", out, re.M)}
+    return {"tool": "wrk", "requests": int(done[1]), "statuses": statuses, "ok": statuses.get(201, 0),
+            "seconds": elapsed, "socket_errors": sum(map(int, errors.groups())) if errors else 0}
 
 
 class Connection(asyncio.Protocol):
@@ -91,9 +113,9 @@ class Connection(asyncio.Protocol):
         if self.waiter and not self.waiter.done():
             self.waiter.set_exception(ConnectionError("connection closed"))
 
-    async def post_order(self, order_id: str, n: int) -> int:
+    async def post_order(self, order_id: str, n: int, sku: str = "HOT") -> int:
         """POST one order; the status code, 0 when the connection failed."""
-        body = order_body(order_id, n)
+        body = order_body(order_id, n, sku)
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(REQUEST % len(body) + body)  # type: ignore[attr-defined]
         try:
@@ -105,7 +127,7 @@ class Connection(asyncio.Protocol):
         self.transport.close()
 
 
-async def python_closed_loop(base_url: str, seconds: int, prefix: str) -> dict[str, Any]:
+async def python_closed_loop(base_url: str, seconds: float, prefix: str, sku: str = "HOT") -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     statuses: Counter[int] = Counter()
     conns = [await Connection.open(base_url) for _ in range(CONNECTIONS)]
@@ -114,7 +136,7 @@ async def python_closed_loop(base_url: str, seconds: int, prefix: str) -> dict[s
         n = 0
         while loop.time() < stop:
             n += 1
-            statuses[await conn.post_order(f"{prefix}-{w}-{n}", n)] += 1
+            statuses[await conn.post_order(f"{prefix}-{w}-{n}", n, sku)] += 1
 
     start = time.perf_counter()
     stop = loop.time() + seconds
@@ -122,36 +144,102 @@ async def python_closed_loop(base_url: str, seconds: int, prefix: str) -> dict[s
     elapsed = time.perf_counter() - start
     for conn in conns:
         conn.close()
-    ok = sum(n for status, n in statuses.items() if 200 <= status < 400)
-    return {"tool": "python", "requests": sum(statuses.values()), "ok": ok, "seconds": elapsed,
-            "socket_errors": statuses[0]}
+    errors = statuses.pop(0, 0)
+    return {"tool": "python", "requests": sum(statuses.values()) + errors, "statuses": dict(statuses),
+            "ok": statuses[201], "seconds": elapsed, "socket_errors": errors}
 
 
-async def open_loop(base_url: str, rate: float, seconds: float, prefix: str,
-                    connections: int = 256) -> dict[str, Any]:
+@dataclasses.dataclass
+class Samples:
+    """Raw open-loop results, mergeable across generator processes (seconds throughout)."""
+
+    latencies: dict[int, list[float]] = dataclasses.field(default_factory=dict)
+    lags: list[float] = dataclasses.field(default_factory=list)
+    send_span: float = 0.0  # from the first due time to the last send
+    connections: int = 0
+    unanswered: int = 0  # given up DRAIN_TIMEOUT s after the last send
+    cpu_s: float = 0.0  # the generator processes' own CPU time
+
+    def add(self, status: int, latency: float) -> None:
+        self.latencies.setdefault(status, []).append(latency)
+
+    def merge(self, other: Samples) -> None:
+        for status, values in other.latencies.items():
+            self.latencies.setdefault(status, []).extend(values)
+        self.lags += other.lags
+        self.send_span = max(self.send_span, other.send_span)
+        self.connections += other.connections
+        self.unanswered += other.unanswered
+        self.cpu_s += other.cpu_s
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Samples:
+        raw = json.loads(text)
+        raw["latencies"] = {int(k): v for k, v in raw["latencies"].items()}
+        return cls(**raw)
+
+    def summary(self, rate: float, seconds: float) -> dict[str, Any]:
+        everything = sorted(v for values in self.latencies.values() for v in values)
+        ms = {f"p{q}": percentile(everything, q / 100) * 1000 for q in (50, 90, 99, 99.9)}
+        by_status = {}
+        for status, values in sorted(self.latencies.items()):
+            values.sort()
+            by_status[status] = {f"p{q}": percentile(values, q / 100) * 1000 for q in (50, 99)}
+            by_status[status]["max"] = values[-1] * 1000
+        send_lag_p99 = percentile(sorted(self.lags), 0.99) * 1000
+        requests = len(everything) + self.unanswered
+        return {"rate": rate, "seconds": seconds, "requests": requests,
+                "sent_per_s": requests / max(self.send_span, seconds),
+                "statuses": {s: len(v) for s, v in sorted(self.latencies.items())}, "unanswered": self.unanswered,
+                "latency_ms": {**ms, "max": percentile(everything, 1) * 1000}, "by_status_ms": by_status,
+                "send_lag_p99_ms": send_lag_p99, "generator_behind": send_lag_p99 > 5,
+                "connections": self.connections}
+
+
+async def connect(base_url: str, n: int) -> list[Connection]:
+    """``n`` keep-alive connections, opened one after another: a burst of connects overflows the
+    server's listen backlog, and a dropped SYN costs a second or more, which would be measured."""
+    return [await Connection.open(base_url) for _ in range(n)]
+
+
+async def open_loop(base_url: str, rate: float, seconds: float, prefix: str, connections: int = 256,
+                    on_answer: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Send at a fixed rate whatever the answers do; latency counts from each request's due time.
 
     Measuring from the schedule, not from the send, keeps a stalled server from hiding its
-    stall (coordinated omission). ``send_lag`` says how late the generator itself sent: when
-    its p99 is more than a few ms, the generator, not the server, was the bottleneck.
+    stall (coordinated omission); so does waiting for a free connection. ``send_lag`` says how
+    late the generator itself sent: when its p99 is more than a few ms, the generator, not the
+    server, was the bottleneck. ``on_answer(order_id, status)`` is called as each answer arrives.
     """
-    total = int(rate * seconds)
-    latencies: list[float] = []
-    lags: list[float] = []
-    statuses: Counter[int] = Counter()
-    idle: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(connections):
-        idle.put_nowait(await Connection.open(base_url))
+    conns = await connect(base_url, connections)
+    samples = await schedule(conns, rate, seconds, prefix, time.perf_counter() + 0.01, on_answer)
+    return samples.summary(rate, seconds)
 
-    async def one(i: int, due: float) -> None:
-        lags.append(time.perf_counter() - due)  # waiting for a free connection below is the server's doing
-        conn = await idle.get()
-        statuses[await conn.post_order(f"{prefix}-{i}", i)] += 1
-        latencies.append(time.perf_counter() - due)
+
+async def schedule(conns: list[Connection], rate: float, seconds: float, prefix: str, start: float,
+                   on_answer: Callable[[str, int], None] | None = None) -> Samples:
+    """The open loop over ``conns`` from ``start`` (a perf_counter time); requests not answered
+    ``DRAIN_TIMEOUT`` s after the last send are given up and counted as ``unanswered``."""
+    total = int(rate * seconds)
+    samples = Samples(connections=len(conns))
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for conn in conns:
         idle.put_nowait(conn)
 
+    async def one(i: int, due: float) -> None:
+        samples.lags.append(time.perf_counter() - due)
+        conn = await idle.get()
+        status = await conn.post_order(f"{prefix}-{i}", i)
+        samples.add(status, time.perf_counter() - due)
+        if status:
+            idle.put_nowait(conn)  # a failed connection leaves the pool
+        if on_answer:
+            on_answer(f"{prefix}-{i}", status)
+
     tasks = []
-    start = time.perf_counter() + 0.01
     i = 0
     gc.disable()  # a collection pause in the generator would count as server latency
     try:
@@ -161,15 +249,71 @@ async def open_loop(base_url: str, rate: float, seconds: float, prefix: str,
                 tasks.append(asyncio.create_task(one(i, start + i / rate)))
                 i += 1
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-        await asyncio.gather(*tasks)
+        samples.send_span = time.perf_counter() - start
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT)
+            for task in late:
+                task.cancel()
+            samples.unanswered = len(late)
     finally:
         gc.enable()
-    while not idle.empty():
-        idle.get_nowait().close()
-    latencies.sort()
-    lags.sort()
-    ms = {f"p{q}": percentile(latencies, q / 100) * 1000 for q in (50, 90, 99, 99.9)}
-    send_lag_p99 = percentile(lags, 0.99) * 1000
-    return {"rate": rate, "seconds": seconds, "requests": total, "statuses": dict(statuses),
-            "latency_ms": {**ms, "max": latencies[-1] * 1000}, "send_lag_p99_ms": send_lag_p99,
-            "generator_behind": send_lag_p99 > 5}
+        for conn in conns:
+            conn.close()
+    return samples
+
+
+async def open_loop_procs(base_url: str, rate: float, seconds: float, prefix: str, procs: int = 2,
+                          connections: int = 3000, on_ready: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The open loop split over ``procs`` generator processes, each at ``rate / procs`` over its own
+    ``connections``. Once every child has connected, ``on_ready()`` runs and they start together."""
+    children = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.load", base_url, str(rate / procs), str(seconds), f"{prefix}-p{n}",
+        "--connections", str(connections), cwd=Path(__file__).resolve().parent.parent,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE) for n in range(procs)]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            if await child.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"open-loop generator exited with {await child.wait()}")
+        if on_ready:
+            on_ready()
+        start_at = f"{time.time() + 0.05}\n".encode()
+        outputs = await asyncio.gather(*(child.communicate(start_at) for child in children))
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    samples = Samples()
+    for child, (out, _) in zip(children, outputs, strict=True):
+        if child.returncode != 0:
+            raise RuntimeError(f"open-loop generator exited with {child.returncode}")
+        samples.merge(Samples.from_json(out.decode()))
+    return {**samples.summary(rate, seconds), "processes": procs, "generator_cpu_s": samples.cpu_s}
+
+
+async def child(args: argparse.Namespace) -> Samples:
+    """Connect, say ready, read the wall-clock start time from stdin, run the schedule."""
+    conns = await connect(args.url, args.connections)
+    print("ready", flush=True)
+    start_at = float(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
+    start = time.perf_counter() + max(0.0, start_at - time.time())
+    samples = await schedule(conns, args.rate, args.seconds, args.prefix, start)
+    samples.cpu_s = sum(os.times()[:2])
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description="One open loop; raw samples as JSON.")
+    parser.add_argument("url")
+    parser.add_argument("rate", type=float)
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("prefix")
+    parser.add_argument("--connections", type=int, default=256)
+    args = parser.parse_args()
+    raise_fd_limit()
+    print(uvloop.run(child(args)).to_json())
+
+
+if __name__ == "__main__":
+    main()

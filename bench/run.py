@@ -2,9 +2,10 @@
 
 Starts embedded Valkey + PostgreSQL under a temporary directory (or uses OMS_REDIS_URL /
 OMS_DATABASE_URL), then runs, one after the other: bench/ceiling.py, bench/naive.py and
-``python -m gateway serve``, each with a warm-up and N closed-loop rounds; then an
-open-loop run against the gateway at half its best rate, and a raw COPY for comparison
-with the writer. Prints the table and writes bench/results/latest.{json,md}.
+``python -m gateway serve`` with closed-loop rounds; against the gateway also a sold-out
+SKU, open loops from 25% to 300% of its best rate, OMS_DURABILITY=async, and the writer
+draining a backlog; then a raw COPY for comparison with the writer. Prints the table and
+writes bench/results/latest.{json,md,png}. bench/README.md says what each figure means.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import json
+import functools
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +33,44 @@ import aiohttp
 import asyncpg
 import uvloop
 from rich.console import Console
-from rich.table import Table
 
-from bench.load import HEADERS, closed_loop, open_loop
+from bench import procs
+from bench.load import HEADERS, closed_loop, open_loop, open_loop_procs, order_body, raise_fd_limit
+from bench.report import report
+from bench.rows import Visibility, copy_rate, wait_rows, watch_drain
 from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 STOCK = 10_000_000
+VISIBILITY_SHARE = 0.8  # the open loop at 80% of the best rate also measures 201 → row (P6)
 
 
 @dataclasses.dataclass
 class Options:
-    seconds: int = 5
+    seconds: int = 5  # wrk takes whole seconds
     rounds: int = 2
-    warmup: int = 3
-    open_seconds: int = 5
+    warmup: int = 3  # 0: none
+    open_seconds: float = 5
+    loads: tuple[float, ...] = (0.25, 0.5, VISIBILITY_SHARE, 1.0)  # open loops, shares of the best rate
+    overload: float = 3.0
+    overload_procs: int = 2
+    overload_connections: int = 6000  # more than the gateway's in-flight limit (4096 when measured)
+
+
+@dataclasses.dataclass
+class Servers:
+    """Where Redis and PostgreSQL are; their pids when they are ours (else their CPU is n/a)."""
+
+    redis_url: str
+    database_url: str
+    redis_pid: int | None = None
+    postgres_pid: int | None = None
+
+
+@dataclasses.dataclass
+class Server:
+    base: str
+    pid: int
 
 
 def free_port() -> int:
@@ -57,21 +81,21 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def server(name: str, cmd: list[str], port: int, logs: Path, env: dict[str, str] | None = None,
-                 ready: str = "") -> AsyncIterator[str]:
-    """Run ``cmd`` until the block ends; yield its base URL once ``ready`` answers (or the port accepts)."""
+                 ready: str = "") -> AsyncIterator[Server]:
+    """Run ``cmd`` until the block ends, once ``ready`` answers (or the port accepts)."""
     base = f"http://127.0.0.1:{port}"
     with (logs / f"{name}.log").open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         await wait_ready(proc, base, ready, logs / f"{name}.log")
-        yield base
+        yield Server(base, proc.pid)
     finally:
         proc.terminate()  # the gateway drains its queue and writer on SIGTERM
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: children too
             proc.wait()
 
 
@@ -89,194 +113,299 @@ async def wait_ready(proc: subprocess.Popen[bytes], base: str, path: str, log: P
     raise RuntimeError(f"{proc.args} not ready in {timeout}s:\n{log.read_text()[-2000:]}")
 
 
-async def measure(base: str, opts: Options, label: str, between: Any = None) -> list[dict[str, Any]]:
-    """A warm-up, then ``opts.rounds`` closed-loop rounds; ``between`` wraps each round."""
-    await closed_loop(base, opts.warmup, f"{label}-warm")
+Wrap = Callable[[Awaitable[dict[str, Any]]], Awaitable[dict[str, Any]]]
+
+
+async def measure(base: str, opts: Options, label: str, wrap: Wrap | None = None) -> list[dict[str, Any]]:
+    """A warm-up, then ``opts.rounds`` closed-loop rounds; ``wrap`` runs around each round."""
+    if opts.warmup:
+        await closed_loop(base, opts.warmup, f"{label}-warm")
     rounds = []
     for n in range(opts.rounds):
-        if between is None:
-            rounds.append(await closed_loop(base, opts.seconds, f"{label}-{n}"))
-        else:
-            rounds.append(await between(closed_loop(base, opts.seconds, f"{label}-{n}")))
+        load = closed_loop(base, opts.seconds, f"{label}-{n}")
+        rounds.append(await (wrap(load) if wrap else load))
     for r in rounds:
         r["orders_per_s"] = r["ok"] / r["seconds"]
     return rounds
 
 
-async def reserved(session: aiohttp.ClientSession, base: str) -> int:
-    async with session.get(base + "/v1/inventory/HOT", headers=HEADERS) as resp:
-        return (await resp.json())["reserved"]
+def best(rounds: list[dict[str, Any]]) -> float:
+    return max(r["orders_per_s"] for r in rounds)
 
 
-async def bench_gateway(base: str, database_url: str, opts: Options) -> dict[str, Any]:
-    """Closed-loop rounds; per round the writer's rate: orders in PostgreSQL per second from the
-    round's start until PostgreSQL holds every order the round reserved. Then the open loop."""
-    conn = await asyncpg.connect(database_url)
+@dataclasses.dataclass
+class Ledger:
+    """Orders rows and HOT units reserved when the bench began: every unit reserved since is one
+    row the writer owes PostgreSQL (Redis outlives gateway restarts, so this spans them)."""
+
+    rows: int
+    reserved: int
+
+
+@dataclasses.dataclass
+class Gateway:
+    """A running gateway, with an HTTP session and a PostgreSQL connection to watch it by."""
+
+    server: Server
+    servers: Servers
+    session: aiohttp.ClientSession
+    conn: asyncpg.Connection
+
+    @property
+    def base(self) -> str:
+        return self.server.base
+
+    async def put_stock(self, sku: str, qty: int) -> None:
+        async with self.session.put(f"{self.base}/v1/inventory/{sku}", json={"warehouses": {"W1": qty}},
+                                    headers=HEADERS) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def reserved(self, sku: str = "HOT") -> int:
+        async with self.session.get(f"{self.base}/v1/inventory/{sku}", headers=HEADERS) as resp:
+            return (await resp.json())["reserved"]
+
+    async def post_order(self, order_id: str) -> int:
+        async with self.session.post(self.base + "/v1/orders", data=order_body(order_id, 0), headers=HEADERS) as resp:
+            return resp.status
+
+    async def ledger(self) -> Ledger:
+        return Ledger(await self.conn.fetchval("SELECT count(*) FROM orders"), await self.reserved())
+
+    async def owed(self, ledger: Ledger) -> int:
+        """How many rows ``orders`` must hold once the writer has caught up."""
+        return ledger.rows + await self.reserved() - ledger.reserved
+
+    async def caught_up(self, ledger: Ledger, timeout: float = 120) -> None:
+        await asyncio.wait_for(wait_rows(self.conn, await self.owed(ledger)), timeout)
+
+    def cpu(self) -> dict[str, float | None]:
+        return procs.cpu_snapshot(self.server.pid, self.servers.redis_pid, self.servers.postgres_pid)
+
+
+@contextlib.asynccontextmanager
+async def gateway(servers: Servers, workdir: Path, name: str, **env: str) -> AsyncIterator[Gateway]:
+    """``python -m gateway serve`` as ``make run`` starts it (fsync, writer on) unless ``env`` says otherwise."""
+    port = free_port()
+    env = {"OMS_REDIS_URL": servers.redis_url, "OMS_DATABASE_URL": servers.database_url,
+           "OMS_PORT": str(port), "OMS_DATA_DIR": str(workdir / "gw"), "OMS_DURABILITY": "fsync", **env}
+    async with (server(name, [sys.executable, "-m", "gateway", "serve"], port, workdir, env, ready="/readyz") as srv,
+                aiohttp.ClientSession() as session):
+        conn = await asyncpg.connect(servers.database_url)
+        try:
+            yield Gateway(srv, servers, session, conn)
+        finally:
+            await conn.close()
+
+
+async def gateway_rounds(gw: Gateway, ledger: Ledger, opts: Options) -> list[dict[str, Any]]:
+    """Closed-loop rounds; around each, the CPU every process spent from the round's start until
+    PostgreSQL holds the round's orders, and how long the writer took after the last answer."""
+
+    async def with_writer(load: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        await gw.caught_up(ledger)
+        before = gw.cpu()
+        result = await load
+        end = time.monotonic()
+        await gw.caught_up(ledger)
+        result["writer_lag_s"] = time.monotonic() - end
+        result["cpu_s"] = procs.cpu_used(before, gw.cpu())
+        return result
+
+    return await measure(gw.base, opts, "gw", with_writer)
+
+
+def cpu_per_1000(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
+    """CPU seconds per 1000 accepted orders by process role, over all measured rounds."""
+    orders = sum(r["ok"] for r in rounds)
+    per: dict[str, float | None] = {}
+    for name in rounds[0]["cpu_s"]:
+        used = [r["cpu_s"].get(name) for r in rounds]
+        per[name] = None if None in used else 1000 * sum(used) / orders
+    return per
+
+
+async def visible_open_loop(gw: Gateway, rate: float, seconds: float, prefix: str) -> dict[str, Any]:
+    """The open loop while a poller times each 201 until its row is visible in PostgreSQL (P6)."""
+    vis, stop = Visibility(gw.conn), asyncio.Event()
+    poller = asyncio.create_task(vis.run(stop))
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.put(base + "/v1/inventory/HOT", json={"warehouses": {"W1": STOCK}},
-                                   headers=HEADERS) as resp:
-                assert resp.status == 200, await resp.text()
-
-            base_rows, base_reserved = await conn.fetchval("SELECT count(*) FROM orders"), await reserved(session, base)
-
-            async def caught_up() -> int:
-                """Wait until PostgreSQL holds every order reserved since the start; return that count."""
-                target = base_rows + await reserved(session, base) - base_reserved
-                while await conn.fetchval("SELECT count(*) FROM orders") < target:
-                    await asyncio.sleep(0.05)
-                return target
-
-            async def with_writer(load: Any) -> dict[str, Any]:
-                before = await caught_up()
-                start = time.monotonic()
-                result = await load
-                end = time.monotonic()
-                rows = await caught_up() - before
-                done = time.monotonic()
-                result["writer"] = {"rows": rows, "rows_per_s": rows / (done - start), "lag_s": done - end}
-                return result
-
-            rounds = await measure(base, opts, "gw", with_writer)
-        best = max(r["orders_per_s"] for r in rounds)
-        latency = await open_loop(base, best / 2, opts.open_seconds, f"ol-{time.time_ns()}")
-        return {"rounds": rounds, "open_loop": latency}
+        result = await open_loop(gw.base, rate, seconds, prefix, on_answer=vis.answered)
     finally:
-        await conn.close()
+        stop.set()
+        await poller
+    await vis.finish(timeout=60)
+    result["visibility"] = vis.summary()
+    return result
 
 
-async def copy_rate(database_url: str, rows: int) -> dict[str, Any]:
-    """Raw asyncpg COPY of ``rows`` order rows into a scratch table shaped like ``orders``."""
-    now = dt.datetime.now(dt.UTC)
-    columns = ["order_id", "user_id", "channel", "status", "payload", "reserved_until", "created_at", "updated_at"]
-    records = [(f"copy-{i}", f"u-{i % 5000}", "web", "pending_payment",
-                f'{{"order_id":"copy-{i}","items":[{{"sku":"HOT","qty":1}}]}}', now, now, now)
-               for i in range(rows)]
-    conn = await asyncpg.connect(database_url)
+async def latency_curve(gw: Gateway, ledger: Ledger, rate: float, opts: Options, run_id: str) -> dict[str, Any]:
+    """Open loops at each share of ``rate``, the writer caught up between them."""
+    curve = {}
+    for share in opts.loads:
+        prefix = f"{run_id}-ol{share * 100:.0f}"
+        if share == VISIBILITY_SHARE:
+            curve[share] = await visible_open_loop(gw, rate * share, opts.open_seconds, prefix)
+        else:
+            curve[share] = await open_loop(gw.base, rate * share, opts.open_seconds, prefix)
+        curve[share]["share"] = share
+        await gw.caught_up(ledger)
+    return curve
+
+
+async def peak_of(sample: Callable[[], int], stop: asyncio.Event, interval: float = 0.05) -> int:
+    peak = sample()
+    while not stop.is_set():
+        await asyncio.sleep(interval)
+        peak = max(peak, sample())
+    return peak
+
+
+async def overload(gw: Gateway, ledger: Ledger, rate: float, opts: Options, run_id: str) -> dict[str, Any]:
+    """The open loop at ``opts.overload`` × ``rate`` from several generator processes (one Python
+    process cannot send that fast), over more connections than the gateway admits in flight; the
+    gateway's RSS before, with the connections open, at its peak, and once caught up (P5)."""
+    rss = functools.partial(procs.gateway_rss, gw.server.pid)
+    marks: dict[str, Any] = {"before": rss()}
+    stop = asyncio.Event()
+
+    def ready() -> None:
+        marks.update(connected=rss(), cpu=gw.cpu())
+
+    sampler = asyncio.create_task(peak_of(rss, stop))
     try:
-        await conn.execute("CREATE SCHEMA IF NOT EXISTS naive; DROP TABLE IF EXISTS naive.copy_probe;"
-                           "CREATE TABLE naive.copy_probe (LIKE public.orders INCLUDING ALL)")
-        start = time.monotonic()
-        await conn.copy_records_to_table("copy_probe", schema_name="naive", records=records, columns=columns)
-        elapsed = time.monotonic() - start
-        await conn.execute("DROP TABLE naive.copy_probe")
+        result = await open_loop_procs(gw.base, rate * opts.overload, opts.open_seconds, f"{run_id}-over",
+                                       procs=opts.overload_procs,
+                                       connections=opts.overload_connections // opts.overload_procs, on_ready=ready)
     finally:
+        stop.set()
+        marks["peak"] = await sampler
+    result["cpu_s"] = procs.cpu_used(marks.pop("cpu"), gw.cpu())
+    await gw.caught_up(ledger)
+    result.update(share=opts.overload, rss={**marks, "after": rss()})
+    return result
+
+
+async def sold_out(gw: Gateway, opts: Options) -> dict[str, Any]:
+    """Closed loop of new orders for SKU SOLD (stock 0): every answer should be a 409 (P7)."""
+    result = await closed_loop(gw.base, opts.seconds, "sold", sku="SOLD")
+    result["answers_per_s"] = result["statuses"].get(409, 0) / result["seconds"]
+    result["reserved_after"] = await gw.reserved("SOLD")
+    return result
+
+
+async def bench_gateway(servers: Servers, opts: Options, workdir: Path, run_id: str) -> dict[str, Any]:
+    """The gateway as ``make run`` starts it: rounds with CPU, sold out, latency curve, overload."""
+    async with gateway(servers, workdir, "gateway") as gw:
+        await gw.put_stock("HOT", STOCK)
+        await gw.put_stock("SOLD", 0)
+        ledger = await gw.ledger()
+        rounds = await gateway_rounds(gw, ledger, opts)
+        rate = best(rounds)
+        return {"rounds": rounds, "ledger": ledger, "sold_out": await sold_out(gw, opts),
+                "curve": await latency_curve(gw, ledger, rate, opts, run_id),
+                "overload": await overload(gw, ledger, rate, opts, run_id)}
+
+
+async def bench_async(servers: Servers, ledger: Ledger, opts: Options, workdir: Path) -> list[dict[str, Any]]:
+    """The same closed-loop rounds with OMS_DURABILITY=async: what fsync costs."""
+    async with gateway(servers, workdir, "gateway-async", OMS_DURABILITY="async") as gw:
+        rounds = await measure(gw.base, opts, "async")
+        await gw.caught_up(ledger)
+    return rounds
+
+
+async def writer_capacity(servers: Servers, ledger: Ledger, opts: Options, workdir: Path,
+                          run_id: str) -> dict[str, Any]:
+    """P3: a backlog built with the writer off (between two marker orders), then the time a
+    gateway with its writer on takes to drain it into PostgreSQL."""
+    first, last = f"{run_id}-first", f"{run_id}-last"
+    async with gateway(servers, workdir, "gateway-nowriter", OMS_RUN_WRITER="0") as gw:
+        assert await gw.post_order(first) == 201
+        push = await closed_loop(gw.base, opts.seconds, "push")
+        assert await gw.post_order(last) == 201
+        push["orders_per_s"] = push["ok"] / push["seconds"]
+        target = await gw.owed(ledger)
+    conn = await asyncpg.connect(servers.database_url)
+    try:
+        watch = asyncio.create_task(watch_drain(conn, first, last, target))
+        async with gateway(servers, workdir, "gateway-drain"):
+            drain = await asyncio.wait_for(watch, timeout=300)
+    finally:
+        watch.cancel()
         await conn.close()
-    return {"rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed}
+    return {"push": push, "drain": drain}
 
 
-async def run_bench(redis_url: str, database_url: str, opts: Options, workdir: Path) -> dict[str, Any]:
-    """Run every measurement against the given servers; return the results dict (P1..P4 keys)."""
-    py = sys.executable
+async def run_bench(servers: Servers, opts: Options, workdir: Path) -> dict[str, Any]:
+    """Run every measurement against the given servers; return the results (see bench.report)."""
+    py, run_id = sys.executable, f"r{time.time_ns():x}"
     port = free_port()
-    async with server("ceiling", [py, "bench/ceiling.py", "--port", str(port)], port, workdir) as base:
-        ceiling = await measure(base, opts, "ceiling")
+    async with server("ceiling", [py, "bench/ceiling.py", "--port", str(port)], port, workdir) as srv:
+        ceiling = await measure(srv.base, opts, "ceiling")
     port = free_port()
-    async with server("naive", [py, "bench/naive.py", "--port", str(port), "--dsn", database_url,
-                                "--stock", f"HOT={STOCK}"], port, workdir) as base:
-        naive = await measure(base, opts, "naive")
-    port = free_port()
-    env = {"OMS_REDIS_URL": redis_url, "OMS_DATABASE_URL": database_url, "OMS_PORT": str(port),
-           "OMS_DATA_DIR": str(workdir / "gw"), "OMS_DURABILITY": "fsync"}
-    async with server("gateway", [py, "-m", "gateway", "serve"], port, workdir, env, ready="/readyz") as base:
-        gateway = await bench_gateway(base, database_url, opts)
+    async with server("naive", [py, "bench/naive.py", "--port", str(port), "--dsn", servers.database_url,
+                                "--stock", f"HOT={STOCK}"], port, workdir) as srv:
+        naive = await measure(srv.base, opts, "naive")
+    gw = await bench_gateway(servers, opts, workdir, run_id)
     port = free_port()  # the same open loop against the ceiling: the floor this method can measure
-    async with server("ceiling-floor", [py, "bench/ceiling.py", "--port", str(port)], port, workdir) as base:
-        floor = await open_loop(base, gateway["open_loop"]["rate"], opts.open_seconds, "floor")
-    written = sum(r["writer"]["rows"] for r in gateway["rounds"])
-    copy = await copy_rate(database_url, max(written, 1000))
-    best = {name: max(r["orders_per_s"] for r in rounds)
-            for name, rounds in (("ceiling", ceiling), ("naive", naive), ("gateway", gateway["rounds"]))}
-    writer = max(r["writer"]["rows_per_s"] for r in gateway["rounds"])
+    async with server("ceiling-floor", [py, "bench/ceiling.py", "--port", str(port)], port, workdir) as srv:
+        floor = await open_loop(srv.base, best(gw["rounds"]) / 2, opts.open_seconds, f"{run_id}-floor")
+    async_rounds = await bench_async(servers, gw["ledger"], opts, workdir)
+    writer = await writer_capacity(servers, gw["ledger"], opts, workdir, run_id)
+    copy = await copy_rate(servers.database_url, writer["drain"]["rows"])
+    return summarize(opts, ceiling, naive, gw, floor, async_rounds, writer, copy)
+
+
+def summarize(opts: Options, ceiling: list[dict[str, Any]], naive: list[dict[str, Any]], gw: dict[str, Any],
+              floor: dict[str, Any], async_rounds: list[dict[str, Any]], writer: dict[str, Any],
+              copy: dict[str, Any]) -> dict[str, Any]:
+    """The results document: every round, every figure, P1..P7."""
+    rates = {"ceiling": best(ceiling), "naive": best(naive), "gateway": best(gw["rounds"]),
+             "gateway_async": best(async_rounds)}
+    curve, over = gw["curve"], gw["overload"]
     return {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "options": dataclasses.asdict(opts),
         "tool": ceiling[0]["tool"],
-        "rounds": {"ceiling": ceiling, "naive": naive, "gateway": gateway["rounds"]},
-        "best_orders_per_s": best,
-        "open_loop": gateway["open_loop"],
+        "rounds": {"ceiling": ceiling, "naive": naive, "gateway": gw["rounds"], "gateway_async": async_rounds},
+        "best_orders_per_s": rates,
+        "cpu_per_1000": cpu_per_1000(gw["rounds"]),
+        "open_loops": [*curve.values(), over],
         "open_loop_ceiling": floor,
-        "writer_rows_per_s": writer,
+        "sold_out": gw["sold_out"],
+        "writer": writer,
         "copy": copy,
-        "P1": best["gateway"] / best["ceiling"],
-        "P2": best["gateway"] / best["naive"],
-        "P3": writer / copy["rows_per_s"],
-        "P4": gateway["open_loop"]["latency_ms"]["p99"],
+        "P1": rates["gateway"] / rates["ceiling"],
+        "P2": rates["gateway"] / rates["naive"],
+        "P3": writer["drain"]["rows_per_s"] / copy["rows_per_s"],
+        "P4": curve[0.5]["latency_ms"]["p99"],
+        "P5": {"rss_growth_mb": (over["rss"]["peak"] - over["rss"]["before"]) / 2**20,
+               "p99_201_ms": over["by_status_ms"].get(201, {}).get("p99", float("nan")),
+               "p99_503_ms": over["by_status_ms"].get(503, {}).get("p99", float("nan"))},
+        "P6": curve[VISIBILITY_SHARE]["visibility"]["p99_ms"],
+        "P7": gw["sold_out"]["answers_per_s"] / rates["ceiling"],
+        "fsync_cost": rates["gateway"] / rates["gateway_async"],
     }
 
 
-def rows(results: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-    """The figures as (what, value, per-round detail) and the ratios as (name, value, meaning)."""
-    best, ol = results["best_orders_per_s"], results["open_loop"]
-    figures = [(f"{name} orders/s (best of {len(results['rounds'][name])})", f"{best[name]:,.0f}",
-                ", ".join(f"{r['orders_per_s']:,.0f}" for r in results["rounds"][name]))
-               for name in ("ceiling", "naive", "gateway")]
-    lat = ol["latency_ms"]
-    floor = results["open_loop_ceiling"]
-    figures += [
-        ("writer rows/s (best round)", f"{results['writer_rows_per_s']:,.0f}",
-         "; ".join(f"{r['writer']['rows']:,} rows, lag {r['writer']['lag_s']:.2f}s" for r in results["rounds"]["gateway"])),
-        ("COPY rows/s", f"{results['copy']['rows_per_s']:,.0f}", f"{results['copy']['rows']:,} rows"),
-        (f"open loop at {ol['rate']:,.0f}/s", f"p99 {lat['p99']:.1f} ms",
-         f"p50 {lat['p50']:.1f} / p90 {lat['p90']:.1f} / p99.9 {lat['p99.9']:.1f} / max {lat['max']:.1f} ms; "
-         f"send lag p99 {ol['send_lag_p99_ms']:.1f} ms" + (" GENERATOR BEHIND" if ol["generator_behind"] else "")),
-        ("same open loop on the ceiling", f"p99 {floor['latency_ms']['p99']:.1f} ms",
-         "the floor of this measurement (generator and server share the machine)"
-         + (" GENERATOR BEHIND" if floor["generator_behind"] else "")),
-    ]
-    ratios = [
-        ("P1", f"{results['P1']:.2f}", "gateway ÷ ceiling orders/s (goal 0.8)"),
-        ("P2", f"{results['P2']:.1f}", "gateway ÷ naive orders/s"),
-        ("P3", f"{results['P3']:.2f}", "writer rows/s ÷ COPY rows/s"),
-        ("P4", f"{results['P4']:.1f} ms", "gateway p99 latency at 50% of its max"),
-    ]
-    return figures, ratios
-
-
-def markdown(results: dict[str, Any]) -> str:
-    figures, ratios = rows(results)
-    m = results["machine"]
-    lines = [f"Measured {results['when']} on {m['cpus']} CPUs ({m['platform']}, Python {m['python']}), "
-             f"load by {results['tool']}, {results['options']}", "",
-             "| measure | value | detail |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in figures]
-    lines += ["", "| ratio | value | meaning |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in ratios]
-    return "\n".join(lines) + "\n"
-
-
-def report(results: dict[str, Any], console: Console) -> None:
-    figures, ratios = rows(results)
-    table = Table(title=f"make bench — {results['when']}, {results['machine']['cpus']} CPUs, load by {results['tool']}")
-    for col in ("measure", "value", "detail"):
-        table.add_column(col)
-    for row in figures:
-        table.add_row(*row)
-    table.add_section()
-    for row in ratios:
-        table.add_row(*row)
-    console.print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "latest.md").write_text(markdown(results))
-    console.print(f"written {RESULTS / 'latest.json'} and {RESULTS / 'latest.md'}")
-
-
 @contextlib.contextmanager
-def backends(workdir: Path) -> Iterator[tuple[str, str]]:
+def backends(workdir: Path) -> Iterator[Servers]:
     """OMS_REDIS_URL / OMS_DATABASE_URL when set, else embedded servers under ``workdir``."""
     started: list[EmbeddedValkey | EmbeddedPostgres] = []
     try:
-        redis_url = os.environ.get("OMS_REDIS_URL")
-        if not redis_url:
-            started.append(EmbeddedValkey(workdir / "valkey"))
-            redis_url = started[-1].start()
-        database_url = os.environ.get("OMS_DATABASE_URL")
-        if not database_url:
-            started.append(EmbeddedPostgres(workdir / "pg", database="oms_bench"))
-            database_url = started[-1].start()
-        yield redis_url, database_url
+        servers = Servers(os.environ.get("OMS_REDIS_URL", ""), os.environ.get("OMS_DATABASE_URL", ""))
+        if not servers.redis_url:
+            valkey = EmbeddedValkey(workdir / "valkey")
+            started.append(valkey)
+            servers.redis_url = valkey.start()
+            servers.redis_pid = valkey.proc.pid if valkey.proc else None
+        if not servers.database_url:
+            postgres = EmbeddedPostgres(workdir / "pg", database="oms_bench")
+            started.append(postgres)
+            servers.database_url = postgres.start()
+            servers.postgres_pid = procs.postmaster_pid(postgres.dir)
+        yield servers
     finally:
         for s in reversed(started):
             s.stop()
@@ -284,7 +413,7 @@ def backends(workdir: Path) -> Iterator[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 1 s warm-up, 2 s open loop")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 1 s warm-up, 2 s open loops")
     parser.add_argument("--seconds", type=int, help="seconds per closed-loop round (default 5)")
     parser.add_argument("--rounds", type=int, help="closed-loop rounds per target (default 2)")
     args = parser.parse_args(argv)
@@ -294,14 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     opts.open_seconds = min(opts.open_seconds, opts.seconds)
     console = Console(width=None if sys.stdout.isatty() else 160)
     started = time.monotonic()
+    raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="oms-bench-"))
     try:
-        with backends(workdir) as (redis_url, database_url):
-            results = uvloop.run(run_bench(redis_url, database_url, opts, workdir))
+        with backends(workdir) as servers:
+            results = uvloop.run(run_bench(servers, opts, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    results["took_s"] = time.monotonic() - started
     report(results, console)
-    console.print(f"took {time.monotonic() - started:.0f} s")
     return 0
 
 
