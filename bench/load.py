@@ -153,20 +153,25 @@ async def python_closed_loop(base_url: str, seconds: float, prefix: str, sku: st
 class Samples:
     """Raw open-loop results, mergeable across generator processes (seconds throughout)."""
 
-    latencies: dict[int, list[float]] = dataclasses.field(default_factory=dict)
+    latencies: dict[int, list[float]] = dataclasses.field(default_factory=dict)  # from the due time
+    wire: dict[int, list[float]] = dataclasses.field(default_factory=dict)  # from the actual send
     lags: list[float] = dataclasses.field(default_factory=list)
+    waits: list[float] = dataclasses.field(default_factory=list)  # due time → a free connection
     send_span: float = 0.0  # from the first due time to the last send
     connections: int = 0
     unanswered: int = 0  # given up DRAIN_TIMEOUT s after the last send
     cpu_s: float = 0.0  # the generator processes' own CPU time
 
-    def add(self, status: int, latency: float) -> None:
+    def add(self, status: int, latency: float, wire: float) -> None:
         self.latencies.setdefault(status, []).append(latency)
+        self.wire.setdefault(status, []).append(wire)
 
     def merge(self, other: Samples) -> None:
-        for status, values in other.latencies.items():
-            self.latencies.setdefault(status, []).extend(values)
+        for mine, theirs in ((self.latencies, other.latencies), (self.wire, other.wire)):
+            for status, values in theirs.items():
+                mine.setdefault(status, []).extend(values)
         self.lags += other.lags
+        self.waits += other.waits
         self.send_span = max(self.send_span, other.send_span)
         self.connections += other.connections
         self.unanswered += other.unanswered
@@ -179,6 +184,7 @@ class Samples:
     def from_json(cls, text: str) -> Samples:
         raw = json.loads(text)
         raw["latencies"] = {int(k): v for k, v in raw["latencies"].items()}
+        raw["wire"] = {int(k): v for k, v in raw["wire"].items()}
         return cls(**raw)
 
     def summary(self, rate: float, seconds: float) -> dict[str, Any]:
@@ -189,14 +195,16 @@ class Samples:
             values.sort()
             by_status[status] = {f"p{q}": percentile(values, q / 100) * 1000 for q in (50, 99)}
             by_status[status]["max"] = values[-1] * 1000
+            by_status[status]["wire_p99"] = percentile(sorted(self.wire[status]), 0.99) * 1000
         send_lag_p99 = percentile(sorted(self.lags), 0.99) * 1000
+        pool_wait_p99 = percentile(sorted(self.waits), 0.99) * 1000
         requests = len(everything) + self.unanswered
         return {"rate": rate, "seconds": seconds, "requests": requests,
                 "sent_per_s": requests / max(self.send_span, seconds),
                 "statuses": {s: len(v) for s, v in sorted(self.latencies.items())}, "unanswered": self.unanswered,
                 "latency_ms": {**ms, "max": percentile(everything, 1) * 1000}, "by_status_ms": by_status,
                 "send_lag_p99_ms": send_lag_p99, "generator_behind": send_lag_p99 > 5,
-                "connections": self.connections}
+                "pool_wait_p99_ms": pool_wait_p99, "connections": self.connections}
 
 
 async def connect(base_url: str, n: int) -> list[Connection]:
@@ -205,7 +213,7 @@ async def connect(base_url: str, n: int) -> list[Connection]:
     return [await Connection.open(base_url) for _ in range(n)]
 
 
-async def open_loop(base_url: str, rate: float, seconds: float, prefix: str, connections: int = 256,
+async def open_loop(base_url: str, rate: float, seconds: float, prefix: str, connections: int = 1024,
                     on_answer: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Send at a fixed rate whatever the answers do; latency counts from each request's due time.
 
@@ -231,9 +239,12 @@ async def schedule(conns: list[Connection], rate: float, seconds: float, prefix:
 
     async def one(i: int, due: float) -> None:
         samples.lags.append(time.perf_counter() - due)
-        conn = await idle.get()
+        conn = await idle.get()  # all busy: the server has not answered them yet
+        sent = time.perf_counter()
+        samples.waits.append(sent - due)
         status = await conn.post_order(f"{prefix}-{i}", i)
-        samples.add(status, time.perf_counter() - due)
+        answered = time.perf_counter()
+        samples.add(status, answered - due, answered - sent)
         if status:
             idle.put_nowait(conn)  # a failed connection leaves the pool
         if on_answer:
@@ -309,7 +320,7 @@ def main() -> None:
     parser.add_argument("rate", type=float)
     parser.add_argument("seconds", type=float)
     parser.add_argument("prefix")
-    parser.add_argument("--connections", type=int, default=256)
+    parser.add_argument("--connections", type=int, default=1024)
     args = parser.parse_args()
     raise_fd_limit()
     print(uvloop.run(child(args)).to_json())

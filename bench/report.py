@@ -70,7 +70,8 @@ def open_loop_rows(results: dict[str, Any]) -> list[Row]:
         detail = (f"201 p50 {_ms(ok.get('p50', math.nan))}; all p50 {lat['p50']:.1f} / p90 {lat['p90']:.1f} / "
                   f"p99.9 {lat['p99.9']:.1f} / max {lat['max']:.1f} ms; {_statuses(ol['statuses'], ol['unanswered'])}; "
                   f"sent {ol['sent_per_s']:,.0f}/s, send lag p99 {ol['send_lag_p99_ms']:.1f} ms, "
-                  f"{ol['connections']:,} connections{_behind(ol)}")
+                  f"{ol['connections']:,} connections (wait for a free one p99 {ol['pool_wait_p99_ms']:.1f} ms)"
+                  f"{_behind(ol)}")
         rows.append((f"open loop {ol['share']:.0%} = {ol['rate']:,.0f}/s", f"p99 201 {_ms(ok.get('p99', math.nan))}",
                      detail))
     floor = results["open_loop_ceiling"]
@@ -84,8 +85,10 @@ def overload_rows(results: dict[str, Any]) -> list[Row]:
     rss, vis = over["rss"], next(ol["visibility"] for ol in results["open_loops"] if "visibility" in ol)
     return [
         (f"overload {over['share']:.0%}: 503s", f"p99 {_ms(over['by_status_ms'].get(503, {}).get('p99', math.nan))}",
-         f"{over['processes']} generator processes (the row above: their merged samples) used "
-         f"{over['generator_cpu_s']:.1f} CPU s; the servers: {_cpu(over['cpu_s'], '.1f')}"),
+         "from the actual send (without the wait for a free connection): "
+         + ", ".join(f"{s} p99 {_ms(v['wire_p99'])}" for s, v in over["by_status_ms"].items())
+         + f"; {over['processes']} generator processes (the row above: their merged samples) used "
+         f"{over['generator_cpu_s']:.1f} CPU s, the servers {_cpu(over['cpu_s'], '.1f')}"),
         ("gateway RSS in overload", f"+{(rss['peak'] - rss['before']) / MB:,.1f} MiB",
          f"before {rss['before'] / MB:,.1f} → {over['connections']:,} connections open {rss['connected'] / MB:,.1f} "
          f"→ peak {rss['peak'] / MB:,.1f} → after, writer caught up, "
@@ -121,7 +124,9 @@ def ratio_rows(results: dict[str, Any]) -> list[Row]:
          "≤ 64 MB, ≤ 100 ms", p5_met, "at 3× the best rate: RSS growth, latency of accepted and refused"),
         ("P6", _ms(results["P6"]), "≤ 1 s", results["P6"] <= 1000, "201 → row in PostgreSQL, p99 at 80%"),
         ("P7", f"{results['P7']:.2f}", "≥ 0.9", results["P7"] >= 0.9, "sold-out answers/s ÷ ceiling requests/s"),
-        ("fsync", f"{results['fsync_cost']:.2f}", "", None, "orders/s with fsync ÷ with async durability"),
+        ("fsync", f"{results['fsync_cost']:.2f}", "", None,
+         "orders/s with fsync ÷ with async durability; Valkey appendfsync meanwhile: "
+         + ", ".join(f"{mode} run {value}" for mode, value in results["appendfsync"].items())),
     ]
     return [(n, v, t, "" if met is None else ("yes" if met else "NO"), m) for n, v, t, met, m in rows]
 
@@ -165,7 +170,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     share = 100 * floor["rate"] / results["best_orders_per_s"]["gateway"]
     for q, marker in (("p50", "v"), ("p99", "^")):
         ax.plot(share, floor["latency_ms"][q], marker, color="gray", label=f"ceiling {q} (floor)")
-    ax.axhline(10, color="gray", linestyle=":", linewidth=1)
+    ax.axhline(10, color="gray", linestyle=":", linewidth=1, label="P4 target, 10 ms")
     ax.set(xlabel=f"offered load, % of best closed-loop rate ({results['best_orders_per_s']['gateway']:,.0f}/s)",
            ylabel="latency from due time, ms (log)", yscale="log",
            title=f"Open loop latency, {results['when']} (hollow: generator behind)")

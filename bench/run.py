@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import redis.asyncio
 import uvloop
 from rich.console import Console
 
@@ -51,6 +52,7 @@ class Options:
     rounds: int = 2
     warmup: int = 3  # 0: none
     open_seconds: float = 5
+    open_connections: int = 1024  # per open loop below the overload
     loads: tuple[float, ...] = (0.25, 0.5, VISIBILITY_SHARE, 1.0)  # open loops, shares of the best rate
     overload: float = 3.0
     overload_procs: int = 2
@@ -178,6 +180,16 @@ class Gateway:
     async def caught_up(self, ledger: Ledger, timeout: float = 120) -> None:
         await asyncio.wait_for(wait_rows(self.conn, await self.owed(ledger)), timeout)
 
+    async def appendfsync(self) -> str:
+        """Valkey's appendfsync while this gateway runs: does OMS_DURABILITY change it?"""
+        client = redis.asyncio.from_url(self.servers.redis_url)
+        try:
+            return (await client.config_get("appendfsync")).get("appendfsync", "unknown")
+        except redis.RedisError as exc:  # CONFIG may be disabled on a managed server
+            return f"unknown ({exc})"
+        finally:
+            await client.aclose()
+
     def cpu(self) -> dict[str, float | None]:
         return procs.cpu_snapshot(self.server.pid, self.servers.redis_pid, self.servers.postgres_pid)
 
@@ -224,12 +236,13 @@ def cpu_per_1000(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
     return per
 
 
-async def visible_open_loop(gw: Gateway, rate: float, seconds: float, prefix: str) -> dict[str, Any]:
+async def visible_open_loop(gw: Gateway, rate: float, seconds: float, prefix: str,
+                            connections: int) -> dict[str, Any]:
     """The open loop while a poller times each 201 until its row is visible in PostgreSQL (P6)."""
     vis, stop = Visibility(gw.conn), asyncio.Event()
     poller = asyncio.create_task(vis.run(stop))
     try:
-        result = await open_loop(gw.base, rate, seconds, prefix, on_answer=vis.answered)
+        result = await open_loop(gw.base, rate, seconds, prefix, connections, on_answer=vis.answered)
     finally:
         stop.set()
         await poller
@@ -244,9 +257,9 @@ async def latency_curve(gw: Gateway, ledger: Ledger, rate: float, opts: Options,
     for share in opts.loads:
         prefix = f"{run_id}-ol{share * 100:.0f}"
         if share == VISIBILITY_SHARE:
-            curve[share] = await visible_open_loop(gw, rate * share, opts.open_seconds, prefix)
+            curve[share] = await visible_open_loop(gw, rate * share, opts.open_seconds, prefix, opts.open_connections)
         else:
-            curve[share] = await open_loop(gw.base, rate * share, opts.open_seconds, prefix)
+            curve[share] = await open_loop(gw.base, rate * share, opts.open_seconds, prefix, opts.open_connections)
         curve[share]["share"] = share
         await gw.caught_up(ledger)
     return curve
@@ -301,17 +314,18 @@ async def bench_gateway(servers: Servers, opts: Options, workdir: Path, run_id: 
         ledger = await gw.ledger()
         rounds = await gateway_rounds(gw, ledger, opts)
         rate = best(rounds)
-        return {"rounds": rounds, "ledger": ledger, "sold_out": await sold_out(gw, opts),
+        return {"rounds": rounds, "ledger": ledger, "appendfsync": await gw.appendfsync(),
+                "sold_out": await sold_out(gw, opts),
                 "curve": await latency_curve(gw, ledger, rate, opts, run_id),
                 "overload": await overload(gw, ledger, rate, opts, run_id)}
 
 
-async def bench_async(servers: Servers, ledger: Ledger, opts: Options, workdir: Path) -> list[dict[str, Any]]:
+async def bench_async(servers: Servers, ledger: Ledger, opts: Options, workdir: Path) -> dict[str, Any]:
     """The same closed-loop rounds with OMS_DURABILITY=async: what fsync costs."""
     async with gateway(servers, workdir, "gateway-async", OMS_DURABILITY="async") as gw:
         rounds = await measure(gw.base, opts, "async")
         await gw.caught_up(ledger)
-    return rounds
+        return {"rounds": rounds, "appendfsync": await gw.appendfsync()}
 
 
 async def writer_capacity(servers: Servers, ledger: Ledger, opts: Options, workdir: Path,
@@ -349,26 +363,28 @@ async def run_bench(servers: Servers, opts: Options, workdir: Path) -> dict[str,
     gw = await bench_gateway(servers, opts, workdir, run_id)
     port = free_port()  # the same open loop against the ceiling: the floor this method can measure
     async with server("ceiling-floor", [py, "bench/ceiling.py", "--port", str(port)], port, workdir) as srv:
-        floor = await open_loop(srv.base, best(gw["rounds"]) / 2, opts.open_seconds, f"{run_id}-floor")
-    async_rounds = await bench_async(servers, gw["ledger"], opts, workdir)
+        floor = await open_loop(srv.base, best(gw["rounds"]) / 2, opts.open_seconds, f"{run_id}-floor",
+                                opts.open_connections)
+    durable = await bench_async(servers, gw["ledger"], opts, workdir)
     writer = await writer_capacity(servers, gw["ledger"], opts, workdir, run_id)
     copy = await copy_rate(servers.database_url, writer["drain"]["rows"])
-    return summarize(opts, ceiling, naive, gw, floor, async_rounds, writer, copy)
+    return summarize(opts, ceiling, naive, gw, floor, durable, writer, copy)
 
 
 def summarize(opts: Options, ceiling: list[dict[str, Any]], naive: list[dict[str, Any]], gw: dict[str, Any],
-              floor: dict[str, Any], async_rounds: list[dict[str, Any]], writer: dict[str, Any],
+              floor: dict[str, Any], durable: dict[str, Any], writer: dict[str, Any],
               copy: dict[str, Any]) -> dict[str, Any]:
     """The results document: every round, every figure, P1..P7."""
     rates = {"ceiling": best(ceiling), "naive": best(naive), "gateway": best(gw["rounds"]),
-             "gateway_async": best(async_rounds)}
+             "gateway_async": best(durable["rounds"])}
     curve, over = gw["curve"], gw["overload"]
     return {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "options": dataclasses.asdict(opts),
         "tool": ceiling[0]["tool"],
-        "rounds": {"ceiling": ceiling, "naive": naive, "gateway": gw["rounds"], "gateway_async": async_rounds},
+        "rounds": {"ceiling": ceiling, "naive": naive, "gateway": gw["rounds"], "gateway_async": durable["rounds"]},
+        "appendfsync": {"fsync": gw["appendfsync"], "async": durable["appendfsync"]},
         "best_orders_per_s": rates,
         "cpu_per_1000": cpu_per_1000(gw["rounds"]),
         "open_loops": [*curve.values(), over],

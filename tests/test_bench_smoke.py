@@ -82,12 +82,13 @@ def test_wrk_output_is_read_with_the_status_counts_of_order_lua():
 def test_samples_merge_across_processes_and_survive_json():
     a, b = Samples(lags=[0.001], send_span=1.0, connections=2, cpu_s=0.5), Samples(lags=[0.002], send_span=1.2)
     for n in range(99):
-        a.add(201, n / 1000)
-    b.add(503, 0.5)
+        a.add(201, n / 1000, n / 2000)
+    b.add(503, 0.5, 0.1)
     a.merge(Samples.from_json(b.to_json()))
     summary = a.summary(rate=100, seconds=1)
     assert summary["statuses"] == {201: 99, 503: 1} and summary["requests"] == 100
     assert summary["by_status_ms"][503]["p99"] == 500 and summary["latency_ms"]["max"] == 500
+    assert summary["by_status_ms"][503]["wire_p99"] == 100 and summary["by_status_ms"][201]["wire_p99"] == 49
     assert summary["sent_per_s"] == pytest.approx(100 / 1.2) and a.cpu_s == 0.5 and a.connections == 2
 
 
@@ -148,8 +149,8 @@ async def test_visibility_times_each_201_until_its_row_is_there(backends: Backen
 
 @pytest.mark.slow
 async def test_a_short_run_yields_p1_to_p7_and_its_files(tmp_path, backends: Backends):
-    opts = run.Options(seconds=1, rounds=1, warmup=0, open_seconds=0.5, loads=(0.5, run.VISIBILITY_SHARE),
-                       overload_connections=64)
+    opts = run.Options(seconds=1, rounds=1, warmup=0, open_seconds=0.5, open_connections=64,
+                       loads=(0.5, run.VISIBILITY_SHARE), overload_connections=64)
     results = await run.run_bench(run.Servers(backends.redis_url, backends.database_url), opts, tmp_path)
     assert all(results[p] > 0 for p in ("P1", "P2", "P3", "P4", "P6", "P7", "fsync_cost"))
     assert results["P5"]["rss_growth_mb"] == results["P5"]["rss_growth_mb"]  # measured, not NaN
