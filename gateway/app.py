@@ -35,6 +35,7 @@ from gateway.expirer import Expirer
 from gateway.inventory import WarehouseCache
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
+from gateway.soldout import SoldOut
 from gateway.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -142,10 +143,12 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     sales = SaleCache(client)
     await sales.load()
     app[K.SALES] = sales
+    soldout = SoldOut(settings.redis_url)
+    await soldout.start()
     coalescer = Coalescer(
         app[K.SCRIPTS], cache, sales, strategy=settings.strategy, reservation_ttl=settings.reservation_ttl,
         record_ttl=settings.idempotency_ttl, max_in_flight=settings.max_in_flight,
-        max_batch=settings.max_batch, wait_aof=wait_aof,
+        max_batch=settings.max_batch, wait_aof=wait_aof, soldout=soldout,
     )
     coalescer.start()
     app[K.COALESCER] = coalescer
@@ -161,6 +164,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await expirer.close()
     await coalescer.close()
+    await soldout.close()
     try:
         await asyncio.wait_for(writer.close(drain=True), timeout=15)
     except TimeoutError:

@@ -1,4 +1,4 @@
-"""``python -m gateway``: serve, migrate, audit verify, reconcile, rebuild-redis."""
+"""``python -m gateway``: serve, http, writer, migrate, audit verify, reconcile, rebuild-redis."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from gateway.config import ConfigError, Settings
 from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
 from gateway.errors import NotReady
 from gateway.scripts import Scripts
+from gateway.supervisor import orphan_guard, run_writer, supervise
 
 log = logging.getLogger("gateway")
 
@@ -50,29 +51,62 @@ def backends(settings: Settings) -> Iterator[Settings]:
             server.stop()
 
 
-def serve(settings: Settings) -> None:
-    with backends(settings) as settings:
-        log.info("Redis: %s", settings.redis_url)
-        log.info("PostgreSQL: %s", settings.database_url.split("@")[-1] if settings.database_url else None)
-        log.info("gateway listening on http://%s:%d (durability %s)", settings.host, settings.port,
-                 settings.durability)
-        web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
-                    shutdown_timeout=10, access_log=None, loop=uvloop.new_event_loop())
-
-
-def migrate(settings: Settings) -> None:
-    async def run(url: str) -> list[int]:
-        pool = await db.create_pool(url)
-        try:
-            async with pool.acquire() as conn:
-                return await db.migrate(conn)
-        finally:
-            await pool.close()
-
+def serve(settings: Settings) -> int:
+    """Embedded servers when no URLs are set, migrations once, then the supervised workers."""
     with backends(settings) as settings:
         assert settings.database_url
-        applied = asyncio.run(run(settings.database_url))
+        log.info("Redis: %s", settings.redis_url)
+        log.info("PostgreSQL: %s", settings.database_url.split("@")[-1])
+        asyncio.run(apply_migrations(settings.database_url))
+        log.info("gateway listening on http://%s:%d (%d HTTP worker(s), writer %s, durability %s)",
+                 settings.host, settings.port, settings.workers, "on" if settings.run_writer else "off",
+                 settings.durability)
+        return supervise(settings)
+
+
+def require_urls(settings: Settings, command: str) -> None:
+    if not (settings.redis_url and settings.database_url):
+        raise ConfigError(f"`{command}` needs OMS_REDIS_URL and OMS_DATABASE_URL; "
+                          "`serve` starts embedded servers and runs it for you")
+
+
+def http(settings: Settings) -> int:
+    """One HTTP worker; SO_REUSEPORT lets several share the port."""
+    require_urls(settings, "http")
+    app = create_app(settings)
+
+    async def guard(app: web.Application) -> AsyncIterator[None]:
+        async with orphan_guard():
+            yield
+
+    app.cleanup_ctx.append(guard)
+    web.run_app(app, host=settings.host, port=settings.port, reuse_port=True, print=None,
+                shutdown_timeout=10, access_log=None, loop=uvloop.new_event_loop())
+    return 0
+
+
+def writer(settings: Settings) -> int:
+    """One writer: the stream into PostgreSQL. Several may run; the consumer group shares the work."""
+    require_urls(settings, "writer")
+    uvloop.run(run_writer(settings))
+    return 0
+
+
+async def apply_migrations(url: str) -> list[int]:
+    pool = await db.create_pool(url)
+    try:
+        async with pool.acquire() as conn:
+            return await db.migrate(conn)
+    finally:
+        await pool.close()
+
+
+def migrate(settings: Settings) -> int:
+    with backends(settings) as settings:
+        assert settings.database_url
+        applied = asyncio.run(apply_migrations(settings.database_url))
         print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
+    return 0
 
 
 def audit(settings: Settings, action: str) -> int:
@@ -155,7 +189,10 @@ def rebuild_redis(settings: Settings, force: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Flash-sale order gateway")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="start the gateway (and embedded servers when no URLs are set)")
+    sub.add_parser("serve", help="start the gateway: embedded servers when no URLs are set, "
+                   "OMS_WORKERS HTTP processes and a writer")
+    sub.add_parser("http", help="one HTTP worker process (serve runs these)")
+    sub.add_parser("writer", help="one writer process: the event stream into PostgreSQL (serve runs one)")
     sub.add_parser("migrate", help="apply pending SQL migrations")
     audit_cmd = sub.add_parser("audit", help="check the tamper-evident event chain")
     audit_cmd.add_argument("action", choices=["verify"])
@@ -167,14 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env(os.environ)
+        if args.command == "audit":
+            return audit(settings, args.action)
+        if args.command == "reconcile":
+            return reconcile(settings, args.repair)
+        if args.command == "rebuild-redis":
+            return rebuild_redis(settings, args.force)
+        return {"serve": serve, "http": http, "writer": writer, "migrate": migrate}[args.command](settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "audit":
-        return audit(settings, args.action)
-    if args.command == "reconcile":
-        return reconcile(settings, args.repair)
-    if args.command == "rebuild-redis":
-        return rebuild_redis(settings, args.force)
-    {"serve": serve, "migrate": migrate}[args.command](settings)
-    return 0

@@ -33,10 +33,12 @@ from gateway.inventory import WarehouseCache
 from gateway.models import OrderIn, render_order
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
+from gateway.soldout import SoldOut
 
 log = logging.getLogger(__name__)
 
 Result = tuple[int, dict[str, Any]]
+Queued = tuple[OrderIn, bytes, "asyncio.Future[Result]"]
 
 
 def reserve_call(
@@ -78,6 +80,7 @@ class Coalescer:
         max_in_flight: int,
         max_batch: int,
         wait_aof: bool,
+        soldout: SoldOut | None = None,
     ) -> None:
         self.scripts = scripts
         self.warehouses = warehouses
@@ -88,9 +91,12 @@ class Coalescer:
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
         self.wait_aof = wait_aof
+        self.soldout = soldout
         self.in_flight = 0
         self.batches = 0
-        self._pending: list[tuple[OrderIn, bytes, asyncio.Future[Result]]] = []
+        self.sold_out_answers = 0
+        self._pending: list[Queued] = []
+        self._checks: list[Queued] = []  # orders for SKUs remembered as sold out (gateway/soldout.py)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -108,7 +114,8 @@ class Coalescer:
         if self._closing or self.in_flight >= self.max_in_flight:
             raise Overloaded()
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._pending.append((order, payload, fut))
+        sold_out = self.soldout is not None and self.soldout.line(order) is not None
+        (self._checks if sold_out else self._pending).append((order, payload, fut))
         self.in_flight += 1
         self._idle.clear()
         self._wake.set()
@@ -126,34 +133,71 @@ class Coalescer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-                try:
-                    results = await self._reserve(batch)
-                except Exception as exc:  # every waiter learns the batch failed
-                    if not isinstance(exc, GatewayError):
-                        log.exception("reserve batch of %d failed", len(batch))
-                        exc = BackendDown("Reservation failed, retry with the same order_id")
-                    for _, _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+            while self._pending or self._checks:
+                batch, checks = self._pending[: self.max_batch], self._checks[: self.max_batch]
+                del self._pending[: self.max_batch], self._checks[: self.max_batch]
+                if not checks:
+                    await self._settle(batch, self._reserve)
+                elif not batch:
+                    await self._settle(checks, self._check)
                 else:
-                    for (_, _, fut), result in zip(batch, results, strict=True):
-                        if fut.done():
-                            continue
-                        if isinstance(result, Exception):
-                            fut.set_exception(result)
-                        else:
-                            fut.set_result(result)
-                finally:
-                    self.in_flight -= len(batch)
-                    self.batches += 1
-            if not self._pending:
-                self._idle.set()
+                    await asyncio.gather(self._settle(batch, self._reserve), self._settle(checks, self._check))
+            self._idle.set()
 
-    async def _reserve(self, batch: list[tuple[OrderIn, bytes, Any]]) -> list[Any]:
+    async def _settle(self, batch: list[Queued], call: Any) -> None:
+        """Run ``call`` for the batch and hand each waiter its result; None leaves one waiting."""
+        try:
+            results = await call(batch)
+        except Exception as exc:  # every waiter learns the batch failed
+            if not isinstance(exc, GatewayError):
+                log.exception("reserve batch of %d failed", len(batch))
+                exc = BackendDown("Reservation failed, retry with the same order_id")
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            for (_, _, fut), result in zip(batch, results, strict=True):
+                if result is None or fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+        finally:
+            self.in_flight -= len(batch)
+            self.batches += 1
+
+    async def _check(self, checks: list[Queued]) -> list[Any]:
+        """Refuse orders for SKUs remembered as sold out after one read-only call (lua/soldout.lua)
+        confirms it; a replay or a SKU with units again goes on to the reserve script."""
+        assert self.soldout is not None
+        lines = [self.soldout.line(order) for order, _, _ in checks]
+        ks = [keys.ready(), keys.wh_version()]
+        for (order, _, _), line in zip(checks, lines, strict=True):
+            if line is not None:
+                ks += [keys.order(order.order_id), keys.stock(order.items[line].sku)]
+        reply = []
+        if len(ks) > 2:
+            active = self.warehouses.order("priority", None)
+            reply = await self.scripts.call("soldout", ks, [self.warehouses.version, *active])
+            if int(reply[0]) == -2:
+                raise NotReady()
+        flags = iter(reply if reply and int(reply[0]) >= 0 else [])
+        results: list[Any] = []
+        for (order, payload, fut), line in zip(checks, lines, strict=True):
+            if line is None or next(flags, 1):
+                self._pending.append((order, payload, fut))
+                self.in_flight += 1  # counted again: it is answered by the reserve batch
+                results.append(None)
+            else:
+                self.sold_out_answers += 1
+                sku, qty = order.items[line].sku, order.items[line].qty
+                results.append(InsufficientStock(f"{sku}: {qty} more unit(s) needed", sku=sku, missing=qty))
+        return results
+
+    async def _reserve(self, batch: list[Queued]) -> list[Any]:
         orders = [(order, payload) for order, payload, _ in batch]
+        epoch = self.soldout.epoch if self.soldout else 0
         while True:
             ks, args = reserve_call(orders, self.warehouses, self.sales, self.strategy, self.ttl_ms,
                                     self.record_ttl)
@@ -164,9 +208,7 @@ class Coalescer:
                 break
             await self.warehouses.load()  # another process changed warehouses: plan again
         await self.sales.refresh(int(reply[1]))
-        return [
-            self._decode(order, payload, r) for (order, payload, _), r in zip(batch, reply[2:], strict=True)
-        ]
+        return [self._decode(order, payload, r, epoch) for (order, payload, _), r in zip(batch, reply[2:], strict=True)]
 
     async def _call(self, ks: list[str], args: list[Any]) -> Any:
         if not self.wait_aof:
@@ -187,8 +229,7 @@ class Coalescer:
             raise BackendDown("Redis did not confirm the append-only file was synced")
         return reply
 
-    @staticmethod
-    def _decode(order: OrderIn, payload: bytes, r: list[Any]) -> Result | Exception:
+    def _decode(self, order: OrderIn, payload: bytes, r: list[Any], epoch: int) -> Result | Exception:
         code = int(r[0])
         if code in (1, 2):
             body = render_order(
@@ -202,6 +243,8 @@ class Coalescer:
             return Coalescer._sale_refusal(order, r[1].decode(), int(r[2]), int(r[3]))
         line, missing = int(r[1]), int(r[2])
         sku = order.items[line].sku
+        if missing == order.items[line].qty and self.soldout is not None:  # nothing left anywhere
+            self.soldout.mark(sku, epoch)
         return InsufficientStock(f"{sku}: {missing} more unit(s) needed", sku=sku, missing=missing)
 
     @staticmethod

@@ -18,6 +18,7 @@ from gateway import keys
 from gateway.errors import BelowReserved, NotReady
 from gateway.models import WarehouseIn
 from gateway.scripts import Scripts
+from gateway.soldout import restocked
 
 
 def _decode_warehouse(wid: str, raw: str) -> Warehouse:
@@ -86,6 +87,7 @@ async def change_stock(
             f"{sku} in {wh}: on hand {target} would be below the {reserved} reserved unit(s)",
             warehouse=wh, reserved=reserved,
         )
+    await restocked(scripts.redis, sku)
     flat = reply[1]
     if any(wh not in cache.by_id for wh in values):
         await cache.load()
@@ -108,6 +110,7 @@ async def put_warehouse(
     pipe = redis.pipeline(transaction=True)
     pipe.hset(keys.warehouses(), wid, f"{w.priority}|{w.region or ''}|{int(w.active)}")
     pipe.incr(keys.wh_version())
+    pipe.publish(keys.RESTOCK, "*")  # an activated warehouse brings units of every SKU
     await pipe.execute()
     await cache.load()
     return created, {"warehouse_id": wid, "region": w.region, "priority": w.priority, "active": w.active}

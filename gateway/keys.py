@@ -18,12 +18,14 @@ oms:{p}:stockstate:<sku>           string   ok, low_stock or sold_out: the last 
 oms:{p}:ready                      string   present while Redis holds the whole state (not lost or rebuilding)
 oms:{p}:sale_version               string   bumped on every sale change
 oms:{p}:sale:<sale_id>:u:<user>    hash     ``units`` a user holds in the sale; sale lifetime
+oms:restock                        channel  pub/sub: a SKU (or ``*``) that may have units again
 """
 
 from __future__ import annotations
 
 PREFIX = "oms"
 WRITER_GROUP = "writers"
+RESTOCK = f"{PREFIX}:restock"  # a pub/sub channel, not a key: every process hears it (gateway/soldout.py)
 
 
 def partition(_order_or_sku: str = "") -> str:

@@ -140,7 +140,7 @@ def transition_call(
     if user_only:  # a buyer may only cancel an order that is not paid yet
         rules = ";".join(r for r in rules.split(";") if r.startswith("pending_payment>"))
     args = [action, order_id, rules, ",".join(sorted(lifecycle.DONE[action])),
-            orjson.dumps(data).decode(), payment_id, "1" if sale_id else "0", record_ttl, reason, hydrate]
+            orjson.dumps(data).decode(), payment_id, "1" if sale_id else "0", record_ttl, reason, hydrate, keys.RESTOCK]
     return ks, args
 
 

@@ -24,6 +24,7 @@ from gateway import keys
 from gateway.orders import ORDER_SELECT, record_of
 from gateway.reconciler import HOLDING, PG_STOCK
 from gateway.sales import SaleIn, rules
+from gateway.soldout import restocked
 
 log = logging.getLogger(__name__)
 BATCH = 1000  # commands per pipeline, rows per cursor fetch
@@ -101,6 +102,7 @@ async def rebuild(
             if "BUSYGROUP" not in str(exc):
                 raise
     await redis.set(keys.ready(), "1")
+    await restocked(redis)
     return counts
 
 

@@ -23,6 +23,7 @@ from gateway import keys
 from gateway.errors import Forbidden, NotReady
 from gateway.routes import json, principal
 from gateway.scripts import Scripts
+from gateway.soldout import restocked
 
 HOLDING = ("pending_payment", "paid")  # statuses whose allocations still hold stock
 POLL = 0.05  # seconds between drain checks; the writers give no signal to wait on
@@ -149,6 +150,8 @@ async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wa
                 r, p = d["redis"], d["postgres"]
                 args += [d["warehouse"], r["available"], r["reserved"], p["available"], p["reserved"]]
             reply = await scripts.call("repair", [keys.stock(sku, keys.partition(sku))], args)
+            if int(reply[0]) == 1:
+                await restocked(redis, sku)
             reason = REPAIR_REFUSALS.get(int(reply[0]))
         if reason is None:
             repaired += [{"sku": sku, "warehouse": d["warehouse"], "before": d["redis"], "after": d["postgres"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 import re
 from typing import Any
 
@@ -270,11 +271,16 @@ async def stats(request: web.Request) -> web.Response:
     views = [stock_view(sku, raw) for sku, raw in zip(skus, await pipe.execute(), strict=True)]
     for view in views:
         await with_forecast(app, view)
-    coalescer, writer = app[K.COALESCER], app[K.WRITER]
+    coalescer = app[K.COALESCER]
+    group = next((g for g in await app[K.REDIS].xinfo_groups(keys.events())
+                  if g["name"] == keys.WRITER_GROUP.encode()), {})
     return json({
         "orders_in_flight": coalescer.in_flight, "reserve_batches": coalescer.batches,
-        "events_written": writer.written, "orders_expired": app[K.EXPIRER].expired,
+        "sold_out_answers": coalescer.sold_out_answers,
+        "orders_expired": app[K.EXPIRER].expired,
         "stream_length": await app[K.REDIS].xlen(keys.events()),
+        # the writers run in other processes: their progress is read from the consumer group
+        "writer_pending": group.get("pending"), "writer_lag": group.get("lag"),
         "window_seconds": window, "skus": views,
     })
 
@@ -339,7 +345,8 @@ async def allocation_plan(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json({"status": "ok"})
+    """Names the worker process that answered: with OMS_WORKERS > 1 the kernel picks one."""
+    return json({"status": "ok", "worker": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -12,6 +12,8 @@
 -- ARGV[9]  cancel reason (recorded when the order ends up cancelled)
 -- ARGV[10] "" or the order's record from PostgreSQL as JSON of strings {p, a, c, u, s, n, pid?, cr?},
 --          restored when Redis no longer holds it (its record outlived OMS_IDEMPOTENCY_TTL)
+-- ARGV[11] the restock channel: a release publishes each SKU there, so every process forgets
+--          that it was sold out (gateway/soldout.py)
 --
 -- Returns one of
 --   {-2}                     Redis lost its data or is being rebuilt (nothing changed)
@@ -75,6 +77,7 @@ if effect ~= 'none' then
   for group in string.gmatch(rec[3], '[^;]+') do
     j = j + 1
     local stock_key = KEYS[6 + j]
+    if effect == 'release' then redis.call('PUBLISH', ARGV[11], string.match(stock_key, ':stock:(.+)$')) end
     for wh, qty in string.gmatch(group, '([^=,]+)=(%d+)') do
       qty = tonumber(qty)
       units = units + qty

@@ -1,0 +1,162 @@
+"""The sold-out fast path (gateway/soldout.py, lua/soldout.lua): after a SKU's last unit,
+new orders for it are refused without the reserve script, yet nothing the reserve script
+would accept is ever refused: replays get their order, and a restock, a cancellation or an
+activated warehouse sells again at once, also on another process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from gateway import appkeys as K
+from gateway import keys
+from tests.conftest import auth, order_body
+
+OPS = auth("k-ops")
+
+
+def body(order_id: str, sku: str = "SO-1", qty: int = 1, **extra: Any) -> dict[str, Any]:
+    return order_body(order_id, items=[{"sku": sku, "qty": qty}], **extra)
+
+
+async def buy(gw, order_id: str, sku: str = "SO-1", qty: int = 1, **extra: Any) -> tuple[int, dict[str, Any]]:
+    resp = await gw.post("/v1/orders", body(order_id, sku, qty, **extra))
+    return resp.status, await resp.json()
+
+
+def fast(gw) -> int:
+    return gw.app[K.COALESCER].sold_out_answers
+
+
+async def sell_out(gw, sku: str = "SO-1", units: int = 2) -> None:
+    """Sell every unit, then have one order refused by the reserve script: the SKU is remembered."""
+    await gw.set_stock(sku, {"W1": units})
+    for n in range(units):
+        assert (await buy(gw, f"{sku}-won-{n}", sku))[0] == 201
+    status, problem = await buy(gw, f"{sku}-first-refusal", sku)
+    assert (status, problem["code"]) == (409, "insufficient_stock")
+    assert gw.app[K.COALESCER].soldout.remembers(sku)
+
+
+async def test_orders_after_the_last_unit_are_refused_by_the_fast_path_and_reserve_nothing(gw, redis):
+    await sell_out(gw)
+    before = fast(gw)
+    for n in range(5):
+        status, problem = await buy(gw, f"late-{n}", qty=2)
+        assert status == 409
+        assert problem["code"] == "insufficient_stock"
+        assert (problem["sku"], problem["missing"]) == ("SO-1", 2)
+    assert fast(gw) - before == 5
+    assert not any([await redis.exists(keys.order(f"late-{n}")) for n in range(5)])
+    assert (await gw.stock("SO-1"))["warehouses"]["W1"] == {"on_hand": 2, "reserved": 2, "available": 0}
+    resp = await gw.client.get("/v1/stats", headers=OPS)
+    assert (await resp.json())["sold_out_answers"] == fast(gw)
+
+
+async def test_a_replay_of_an_order_accepted_before_the_sell_out_gets_its_order_back(gw):
+    await gw.set_stock("SO-1", {"W1": 1})
+    status, first = await buy(gw, "lucky")
+    assert status == 201
+    assert (await buy(gw, "unlucky"))[0] == 409
+    assert gw.app[K.COALESCER].soldout.remembers("SO-1")
+    before = fast(gw)
+    status, again = await buy(gw, "lucky")
+    assert (status, again) == (200, first)
+    status, problem = await buy(gw, "lucky", qty=2)
+    assert (status, problem["code"]) == (409, "idempotency_mismatch")
+    assert fast(gw) == before  # neither was refused as sold out
+
+
+async def test_a_restock_on_another_process_sells_again_at_once(make_gateway):
+    a, b = await make_gateway(), await make_gateway()
+    await sell_out(b)
+    resp = await a.client.post("/v1/inventory/SO-1/adjust", json={"warehouse": "W1", "delta": 3, "reason": "receipt"},
+                               headers=OPS)
+    assert resp.status == 200
+    # no waiting for the restock message: whatever B remembers, lua/soldout.lua sees the units
+    statuses = [(await buy(b, f"after-{n}"))[0] for n in range(4)]
+    assert statuses == [201, 201, 201, 409]
+
+
+async def test_units_that_came_back_without_a_restock_message_still_sell(gw, redis):
+    """A lost message (a dropped subscription) must not strand units: the flag only picks the
+    road, and lua/soldout.lua reads the stock itself."""
+    await sell_out(gw)
+    await redis.hincrby(keys.stock("SO-1"), "W1", 1)  # no publish: as if the message was lost
+    assert gw.app[K.COALESCER].soldout.remembers("SO-1")
+    assert (await buy(gw, "still-sells"))[0] == 201
+
+
+async def test_a_cancelled_order_gives_its_unit_to_the_next_buyer(gw):
+    await sell_out(gw, units=1)
+    resp = await gw.client.post("/v1/orders/SO-1-won-0/cancel", json={"reason": "customer"}, headers=OPS)
+    assert resp.status == 200, await resp.text()
+    assert (await buy(gw, "next-buyer"))[0] == 201
+    assert (await buy(gw, "one-too-many"))[0] == 409
+
+
+async def test_the_restock_message_makes_every_process_forget(make_gateway):
+    a, b = await make_gateway(), await make_gateway()
+    await sell_out(b)
+    soldout = b.app[K.COALESCER].soldout
+    soldout.forgot.clear()
+    await a.set_stock("SO-1", {"W1": 5})
+    await asyncio.wait_for(soldout.forgot.wait(), 5)  # the message, on B's own subscription
+    assert not soldout.remembers("SO-1")
+    before = fast(b)
+    assert (await buy(b, "after-restock"))[0] == 201
+    assert fast(b) == before
+
+
+async def test_a_warehouse_activated_on_another_process_is_sold_from(make_gateway):
+    a, b = await make_gateway(), await make_gateway()
+    resp = await a.client.put("/v1/warehouses/W9", json={"priority": 5, "active": False}, headers=OPS)
+    assert resp.status in (200, 201), await resp.text()
+    await a.set_stock("SO-1", {"W9": 2})
+    await sell_out(b, units=1)  # W1: 1 unit, W9 inactive
+    resp = await a.client.put("/v1/warehouses/W9", json={"priority": 5, "active": True}, headers=OPS)
+    assert resp.status == 200
+    status, order = await buy(b, "from-w9")
+    assert status == 201, order
+    assert order["allocations"] == [{"sku": "SO-1", "warehouse": "W9", "qty": 1}]
+
+
+async def test_redis_without_its_data_answers_503_not_sold_out(gw, redis):
+    await sell_out(gw)
+    await redis.delete(keys.ready())
+    status, problem = await buy(gw, "during-loss")
+    assert (status, problem["code"]) == (503, "not_ready")
+
+
+async def test_an_order_with_a_sold_out_line_takes_nothing_from_its_other_lines(gw):
+    await sell_out(gw)
+    await gw.set_stock("SO-2", {"W1": 4})
+    order = order_body("mixed", items=[{"sku": "SO-2", "qty": 1}, {"sku": "SO-1", "qty": 1}])
+    resp = await gw.post("/v1/orders", order)
+    problem = await resp.json()
+    assert (resp.status, problem["code"], problem["sku"]) == (409, "insufficient_stock", "SO-1")
+    assert (await gw.stock("SO-2"))["available"] == 4
+
+
+async def test_buyers_racing_restocks_on_two_processes_oversell_nothing_and_strand_nothing(make_gateway):
+    """200 buyers split over two processes while 3 restocks of 10 units land during the rush:
+    every accepted order holds a unit, and whatever the processes remembered when, every unit
+    left over can still be bought."""
+    a, b = await make_gateway(), await make_gateway()
+    await a.set_stock("SO-1", {"W1": 10})
+
+    async def restock() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)  # let a share of the buyers in between restocks
+            resp = await a.client.post("/v1/inventory/SO-1/adjust",
+                                       json={"warehouse": "W1", "delta": 10, "reason": "receipt"}, headers=OPS)
+            assert resp.status == 200
+
+    results = await asyncio.gather(*(buy(a if n % 2 else b, f"rush-{n}") for n in range(200)), restock())
+    statuses = Counter(status for status, _ in results[:-1])
+    assert statuses[201] + statuses[409] == 200
+    stock = await a.stock("SO-1")
+    assert (stock["on_hand"], stock["reserved"]) == (40, statuses[201])
+    left = [await buy(a if n % 2 else b, f"late-{n}") for n in range(stock["available"] + 2)]
+    assert [s for s, _ in left] == [201] * stock["available"] + [409, 409]

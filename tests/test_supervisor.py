@@ -1,0 +1,168 @@
+"""``serve`` as a supervisor: OMS_WORKERS HTTP processes share one port, a writer process
+persists what any of them accepted, a killed worker is replaced, stopping drains in order,
+and children do not outlive a supervisor that was killed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import ADMIN, Backends, order_body
+from tests.test_make_run import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def children(pid: int) -> dict[int, str]:
+    """pid -> role ("http" / "writer") of the live children of ``pid``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        for role in (b"http", b"writer"):  # a child between fork and exec still reads "serve"
+            if ppid == pid and cmdline[-3:-1] == [b"gateway", role]:
+                found[int(entry.name)] = role.decode()
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def until(check: Callable[[], object], timeout: float = 30) -> None:
+    """Poll another process's state: nothing in this process can be awaited for it."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def serve(backends: Backends, redis, pg, tmp_path) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m gateway serve`` with two HTTP workers against the test servers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
+    env |= {"OMS_REDIS_URL": backends.redis_url, "OMS_DATABASE_URL": backends.database_url,
+            "OMS_PORT": str(port), "OMS_WORKERS": "2", "OMS_DATA_DIR": str(tmp_path / "data")}
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def ready() -> bool:
+                try:
+                    async with http.get(base + "/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            deadline = time.monotonic() + 60
+            while not await ready():
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                await asyncio.sleep(0.2)
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        log.close()
+
+
+async def workers_answering(base: str, want: int, tries: int = 200) -> set[int]:
+    """The worker pids seen over new connections (the kernel spreads them by hash)."""
+    seen: set[int] = set()
+    for _ in range(tries):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.get(base + "/healthz") as resp:
+                seen.add((await resp.json())["worker"])
+        if len(seen) >= want:
+            break
+    return seen
+
+
+async def test_two_workers_share_the_port_and_sell_the_stock_once(serve, pg):
+    proc, base = serve
+    roles = children(proc.pid)
+    assert sorted(roles.values()) == ["http", "http", "writer"]
+    http_pids = {pid for pid, role in roles.items() if role == "http"}
+    assert await workers_answering(base, 2) == http_pids
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        async with http.put(base + "/v1/inventory/SUP-1", json={"warehouses": {"W1": 150}}, headers=ADMIN) as r:
+            assert r.status == 200
+
+        async def buy(n: int) -> int:
+            body = order_body(f"sup-{n}", f"u-{n}", [{"sku": "SUP-1", "qty": 1}])
+            async with http.post(base + "/v1/orders", json=body, headers=ADMIN) as resp:
+                return resp.status
+
+        statuses = Counter(await asyncio.gather(*(buy(n) for n in range(300))))
+    assert statuses == {201: 150, 409: 150}
+
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 60) == 0
+    assert not any(alive(pid) for pid in roles)
+    # the writer drained before the supervisor returned: every accepted order is in PostgreSQL
+    assert await pg.fetchval("SELECT count(*) FROM orders WHERE order_id LIKE 'sup-%'") == 150
+
+
+async def test_a_killed_http_worker_is_replaced_and_orders_keep_flowing(serve):
+    proc, base = serve
+    before = children(proc.pid)
+    victim = next(pid for pid, role in before.items() if role == "http")
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = children(proc.pid)
+        return victim not in now and list(now.values()).count("http") == 2
+
+    await until(replaced)
+    now = children(proc.pid)
+    replacement = set(now) - set(before)
+    assert len(replacement) == 1 and now[next(iter(replacement))] == "http"
+    expected = {pid for pid, role in now.items() if role == "http"}
+    deadline = time.monotonic() + 30
+    while await workers_answering(base, 2, tries=20) != expected:  # the new one is still starting
+        assert time.monotonic() < deadline and proc.poll() is None
+    assert proc.poll() is None
+
+
+async def test_children_stop_when_the_supervisor_is_killed(serve):
+    proc, _ = serve
+    kids = children(proc.pid)
+    assert len(kids) == 3
+    proc.kill()
+    proc.wait()
+    await until(lambda: not any(alive(pid) for pid in kids))
+
+
+@pytest.mark.parametrize("command", ["http", "writer"])
+def test_worker_commands_need_both_urls(tmp_path, command):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {"OMS_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "gateway", command], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "OMS_REDIS_URL" in proc.stderr and "Traceback" not in proc.stderr
