@@ -321,11 +321,20 @@ async def bench_gateway(servers: Servers, opts: Options, workdir: Path, run_id: 
 
 
 async def bench_async(servers: Servers, ledger: Ledger, opts: Options, workdir: Path) -> dict[str, Any]:
-    """The same closed-loop rounds with OMS_DURABILITY=async: what fsync costs."""
-    async with gateway(servers, workdir, "gateway-async", OMS_DURABILITY="async") as gw:
-        rounds = await measure(gw.base, opts, "async")
-        await gw.caught_up(ledger)
-        return {"rounds": rounds, "appendfsync": await gw.appendfsync()}
+    """The same closed-loop rounds with OMS_DURABILITY=async: what fsync costs. Our embedded
+    Valkey is switched to ``appendfsync everysec`` meanwhile, as ``make run`` starts it then."""
+    client = redis.asyncio.from_url(servers.redis_url) if servers.redis_pid else None
+    try:
+        if client:
+            await client.config_set("appendfsync", "everysec")
+        async with gateway(servers, workdir, "gateway-async", OMS_DURABILITY="async") as gw:
+            rounds = await measure(gw.base, opts, "async")
+            await gw.caught_up(ledger)
+            return {"rounds": rounds, "appendfsync": await gw.appendfsync()}
+    finally:
+        if client:
+            await client.config_set("appendfsync", "always")
+            await client.aclose()
 
 
 async def writer_capacity(servers: Servers, ledger: Ledger, opts: Options, workdir: Path,

@@ -37,7 +37,10 @@ def backends(settings: Settings) -> Iterator[Settings]:
     started: list[EmbeddedValkey | EmbeddedPostgres] = []
     try:
         if not settings.redis_url:
-            valkey = EmbeddedValkey(settings.data_dir / "valkey")
+            # async durability answers before the fsync; the embedded server then need not
+            # fsync each write either
+            valkey = EmbeddedValkey(settings.data_dir / "valkey",
+                                    appendfsync="always" if settings.durability == "fsync" else "everysec")
             started.append(valkey)
             settings = dataclasses.replace(settings, redis_url=valkey.start())
         if not settings.database_url:

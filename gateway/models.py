@@ -136,8 +136,7 @@ def decode_order(body: bytes) -> OrderIn:
 
 def iso_ms(ms: int) -> str:
     """RFC 3339 UTC with milliseconds, e.g. 2026-11-11T00:00:00.123Z."""
-    t = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return dt.datetime.fromtimestamp(ms // 1000, dt.UTC).isoformat()[:19] + f".{ms % 1000:03d}Z"
 
 
 def parse_alloc(items: list[dict[str, Any]], alloc: str) -> list[dict[str, Any]]:

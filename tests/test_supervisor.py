@@ -16,7 +16,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis as sync_redis
 
+from gateway.cli import backends as start_backends
+from gateway.config import Settings
 from tests.conftest import ADMIN, Backends, order_body
 from tests.test_make_run import ROOT, free_port
 
@@ -166,3 +169,15 @@ def test_worker_commands_need_both_urls(tmp_path, command):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "OMS_REDIS_URL" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("durability", "appendfsync"), [("fsync", "always"), ("async", "everysec")])
+def test_embedded_valkey_fsyncs_every_write_only_for_fsync_durability(backends: Backends, tmp_path,
+                                                                      durability, appendfsync):
+    settings = Settings.from_env({"OMS_DATABASE_URL": backends.database_url, "OMS_DURABILITY": durability,
+                                  "OMS_DATA_DIR": str(tmp_path / "data")})
+    with start_backends(settings) as started:
+        assert started.redis_url and started.redis_url != backends.redis_url
+        client = sync_redis.Redis.from_url(started.redis_url)
+        assert client.config_get("appendfsync") == {"appendfsync": appendfsync}
+        client.close()
