@@ -67,6 +67,7 @@ class Child:
 def port_free(host: str, port: int) -> bool:
     """SO_REUSEPORT would let a stale gateway share the port silently; probe without it first."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no owner
         try:
             probe.bind((host, port))
         except OSError:

@@ -60,30 +60,38 @@ async def until(check: Callable[[], object], timeout: float = 30) -> None:
         await asyncio.sleep(0.1)
 
 
+def serve_env(backends: Backends, port: int, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
+    return env | {"OMS_REDIS_URL": backends.redis_url, "OMS_DATABASE_URL": backends.database_url,
+                  "OMS_PORT": str(port), "OMS_WORKERS": "2", "OMS_DATA_DIR": str(tmp_path / "data")}
+
+
+async def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m gateway serve``, once ``/readyz`` answers 200."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{env['OMS_PORT']}"
+    async with aiohttp.ClientSession() as http:
+        async def ready() -> bool:
+            try:
+                async with http.get(base + "/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        deadline = time.monotonic() + 60
+        while not await ready():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.2)  # another process: readiness can only be polled
+    return proc, base
+
+
 @pytest.fixture
 async def serve(backends: Backends, redis, pg, tmp_path) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m gateway serve`` with two HTTP workers against the test servers."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
-    env |= {"OMS_REDIS_URL": backends.redis_url, "OMS_DATABASE_URL": backends.database_url,
-            "OMS_PORT": str(port), "OMS_WORKERS": "2", "OMS_DATA_DIR": str(tmp_path / "data")}
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = await start_serve(serve_env(backends, free_port(), tmp_path), tmp_path / "serve.log")
     try:
-        async with aiohttp.ClientSession() as http:
-            async def ready() -> bool:
-                try:
-                    async with http.get(base + "/readyz") as resp:
-                        return resp.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            deadline = time.monotonic() + 60
-            while not await ready():
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-                await asyncio.sleep(0.2)
         yield proc, base
     finally:
         if proc.poll() is None:
@@ -91,7 +99,6 @@ async def serve(backends: Backends, redis, pg, tmp_path) -> AsyncIterator[tuple[
             proc.wait()
         for pid in children(proc.pid):
             os.kill(pid, signal.SIGKILL)
-        log.close()
 
 
 async def workers_answering(base: str, want: int, tries: int = 200) -> set[int]:
@@ -160,6 +167,29 @@ async def test_children_stop_when_the_supervisor_is_killed(serve):
     proc.kill()
     proc.wait()
     await until(lambda: not any(alive(pid) for pid in kids))
+
+
+async def test_a_second_gateway_on_a_busy_port_refuses_to_start(serve, backends: Backends, tmp_path):
+    _, base = serve
+    env = serve_env(backends, int(base.rsplit(":", 1)[1]), tmp_path / "second")
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env,
+                                   capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "in use" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_a_stopped_gateway_can_start_again_on_its_port_at_once(serve, backends: Backends, tmp_path):
+    proc, base = serve
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            async with http.get(base + "/healthz") as resp:
+                assert resp.status == 200
+        # stopping closes these kept-alive connections from the server's side: TIME_WAIT on its port
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+    again, _ = await start_serve(serve_env(backends, int(base.rsplit(":", 1)[1]), tmp_path), tmp_path / "again.log")
+    again.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(again.wait, 60) == 0
 
 
 @pytest.mark.parametrize("command", ["http", "writer"])
