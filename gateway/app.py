@@ -1,4 +1,5 @@
-"""The application factory: routes, the error edge, and one cleanup context per resource.
+"""The application factory: routes (each behind the error edge, gateway/edge.py), and one
+cleanup context per resource.
 
 ``create_app`` opens nothing; resources open in order when the app starts (Redis and its
 scripts, PostgreSQL with migrations, the warehouse cache, the coalescer, the writer, the
@@ -10,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
-import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ResponseError
@@ -23,14 +23,7 @@ from gateway import db, feed, keys, reconciler, routes, webhooks
 from gateway.auth import Authenticator
 from gateway.coalescer import Coalescer
 from gateway.config import DEV_ADMIN_KEY, DEV_JWT_SECRET, Settings
-from gateway.errors import (
-    GatewayError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    Unauthorized,
-    Unavailable,
-)
+from gateway.edge import setup_no_route
 from gateway.expirer import Expirer
 from gateway.inventory import WarehouseCache
 from gateway.sales import SaleCache
@@ -39,41 +32,6 @@ from gateway.soldout import SoldOut
 from gateway.writer import Writer
 
 log = logging.getLogger(__name__)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def problem_response(err: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
-    """The problem+json answer; a 401 names its scheme (RFC 9110 requires it), a 503 when to retry."""
-    headers = dict(headers or {})
-    if isinstance(err, Unavailable):
-        headers["Retry-After"] = str(err.retry_after)
-    elif isinstance(err, Unauthorized):
-        headers["WWW-Authenticate"] = "Bearer"
-    return web.Response(
-        body=orjson.dumps(err.problem()), status=err.status,
-        content_type="application/problem+json", headers=headers,
-    )
-
-
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every error a client can cause as problem+json; never a traceback."""
-    try:
-        return await handler(request)
-    except GatewayError as err:
-        return problem_response(err)
-    except web.HTTPRequestEntityTooLarge:
-        return problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
-    except web.HTTPNotFound:
-        return problem_response(NotFound(f"No route for {request.path}"))
-    except web.HTTPMethodNotAllowed as exc:
-        return problem_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"),
-                                {"Allow": exc.headers["Allow"]})
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem_response(GatewayError("Internal error"))
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -183,7 +141,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body, middlewares=[problems])
+    app = web.Application(client_max_size=settings.max_body)
     app[K.SETTINGS] = settings
     app[K.AUTH] = Authenticator(settings.api_keys, settings.jwt_secret)
     app.cleanup_ctx.extend([redis_ctx, pg_ctx, engine_ctx, webhooks_ctx])
@@ -191,6 +149,7 @@ def create_app(settings: Settings) -> web.Application:
     feed.setup(app)
     webhooks.setup(app)
     reconciler.setup(app)
+    setup_no_route(app)  # last: it matches every path
     if settings.dev_credentials:
         log.warning("development credentials active: admin key %r, JWT secret %r "
                     "(set OMS_API_KEYS and OMS_JWT_SECRET)", DEV_ADMIN_KEY, DEV_JWT_SECRET)

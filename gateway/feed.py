@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from gateway import appkeys as K
+from gateway.edge import edge
 from gateway.errors import Invalid
 from gateway.models import iso_ms
 from gateway.routes import json, principal
@@ -64,4 +65,4 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/events", list_events)
+    app.router.add_get("/v1/events", edge(list_events))

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway import appkeys as K
 from gateway import keys
+from gateway.edge import edge
 from gateway.errors import Forbidden, NotReady
 from gateway.routes import json, principal
 from gateway.scripts import Scripts
@@ -174,5 +175,5 @@ async def post_repair(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/reconciliation", get_reconciliation)
-    app.router.add_post("/v1/reconciliation/repair", post_repair)
+    app.router.add_get("/v1/reconciliation", edge(get_reconciliation))
+    app.router.add_post("/v1/reconciliation/repair", edge(post_repair))

@@ -17,6 +17,7 @@ from gateway import appkeys as K
 from gateway import keys
 from gateway.auth import Principal
 from gateway.coalescer import Result
+from gateway.edge import edge
 from gateway.errors import Forbidden, GatewayError, Invalid, NotFound
 from gateway.inventory import change_stock, plan_allocation, put_warehouse, stock_view
 from gateway.lifecycle import STATUSES
@@ -365,23 +366,23 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/orders", create_order)
-    app.router.add_post("/v1/orders/batch", create_batch)
-    app.router.add_get("/v1/orders", list_orders)
-    app.router.add_get("/v1/orders/{order_id}", get_order)
-    app.router.add_post("/v1/orders/{order_id}/payment", pay)
-    app.router.add_post("/v1/orders/{order_id}/cancel", cancel)
-    app.router.add_post("/v1/orders/{order_id}/ship", service_transition("ship", ShipIn))
-    app.router.add_post("/v1/orders/{order_id}/complete", service_transition("complete", NoteIn))
-    app.router.add_post("/v1/orders/{order_id}/refund", service_transition("refund", NoteIn))
-    app.router.add_post("/v1/orders/{order_id}/refund-confirm", service_transition("refund_confirm", NoteIn))
-    app.router.add_get("/v1/inventory/{sku}", get_inventory)
-    app.router.add_put("/v1/inventory/{sku}", put_inventory)
-    app.router.add_post("/v1/inventory/{sku}/adjust", adjust_inventory)
-    app.router.add_put("/v1/warehouses/{warehouse_id}", put_warehouse_route)
-    app.router.add_put("/v1/sales/{sale_id}", put_sale_route)
-    app.router.add_get("/v1/sales/{sale_id}", get_sale)
-    app.router.add_post("/v1/allocations/plan", allocation_plan)
-    app.router.add_get("/v1/stats", stats)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/v1/orders", edge(create_order))
+    app.router.add_post("/v1/orders/batch", edge(create_batch))
+    app.router.add_get("/v1/orders", edge(list_orders))
+    app.router.add_get("/v1/orders/{order_id}", edge(get_order))
+    app.router.add_post("/v1/orders/{order_id}/payment", edge(pay))
+    app.router.add_post("/v1/orders/{order_id}/cancel", edge(cancel))
+    app.router.add_post("/v1/orders/{order_id}/ship", edge(service_transition("ship", ShipIn)))
+    app.router.add_post("/v1/orders/{order_id}/complete", edge(service_transition("complete", NoteIn)))
+    app.router.add_post("/v1/orders/{order_id}/refund", edge(service_transition("refund", NoteIn)))
+    app.router.add_post("/v1/orders/{order_id}/refund-confirm", edge(service_transition("refund_confirm", NoteIn)))
+    app.router.add_get("/v1/inventory/{sku}", edge(get_inventory))
+    app.router.add_put("/v1/inventory/{sku}", edge(put_inventory))
+    app.router.add_post("/v1/inventory/{sku}/adjust", edge(adjust_inventory))
+    app.router.add_put("/v1/warehouses/{warehouse_id}", edge(put_warehouse_route))
+    app.router.add_put("/v1/sales/{sale_id}", edge(put_sale_route))
+    app.router.add_get("/v1/sales/{sale_id}", edge(get_sale))
+    app.router.add_post("/v1/allocations/plan", edge(allocation_plan))
+    app.router.add_get("/v1/stats", edge(stats))
+    app.router.add_get("/healthz", edge(healthz))
+    app.router.add_get("/readyz", edge(readyz))

@@ -31,6 +31,7 @@ from yarl import URL
 
 from gateway import appkeys as K
 from gateway import feed
+from gateway.edge import edge
 from gateway.errors import Forbidden, Invalid, NotFound
 from gateway.models import WebhookIn, decode, iso_ms
 from gateway.routes import json, path_id, principal
@@ -125,9 +126,9 @@ async def delete_webhook(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/webhooks", list_webhooks)
-    app.router.add_put("/v1/webhooks/{webhook_id}", put_webhook)
-    app.router.add_delete("/v1/webhooks/{webhook_id}", delete_webhook)
+    app.router.add_get("/v1/webhooks", edge(list_webhooks))
+    app.router.add_put("/v1/webhooks/{webhook_id}", edge(put_webhook))
+    app.router.add_delete("/v1/webhooks/{webhook_id}", edge(delete_webhook))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

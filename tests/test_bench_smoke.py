@@ -18,7 +18,7 @@ import pytest
 from aiohttp import ClientSession
 from rich.console import Console
 
-from bench import procs, run
+from bench import procs, run, writer_forms
 from bench.load import Samples, open_loop, open_loop_procs, parse_wrk, python_closed_loop
 from bench.report import markdown, report
 from bench.rows import Visibility
@@ -172,3 +172,14 @@ async def test_a_short_run_yields_p1_to_p7_and_its_files(tmp_path, backends: Bac
     report(results, Console(file=io.StringIO()), out=tmp_path / "results")
     assert (tmp_path / "results" / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| P7 |" in markdown(results) and (tmp_path / "results" / "latest.json").stat().st_size > 0
+
+
+async def test_both_writer_forms_write_every_row_of_their_batches(pg, backends: Backends):
+    result = await writer_forms.measure(backends.database_url, orders=30, rounds=1)
+    assert set(result) == {"unnest", "copy"} and all(r["median_rows_per_s"] > 0 for r in result.values())
+    per_form = {r["form"]: r["n"] for r in await pg.fetch(
+        "SELECT split_part(order_id, '-', 2) AS form, count(*) AS n FROM orders GROUP BY 1")}
+    assert per_form == {"unnest": 60, "copy": 60}  # a warm-up and a counted batch each
+    assert await pg.fetchval("SELECT count(*) FROM order_items") == 120
+    assert await pg.fetchval("SELECT count(*) FROM allocations") == 120
+    assert await pg.fetchval("SELECT count(*) FROM order_events WHERE type = 'order.accepted'") == 120
