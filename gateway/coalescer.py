@@ -150,7 +150,7 @@ class Coalescer:
             results = await call(batch)
         except Exception as exc:  # every waiter learns the batch failed
             if not isinstance(exc, GatewayError):
-                log.exception("reserve batch of %d failed", len(batch))
+                log.exception("batch of %d orders failed", len(batch))
                 exc = BackendDown("Reservation failed, retry with the same order_id")
             for _, _, fut in batch:
                 if not fut.done():
@@ -191,8 +191,7 @@ class Coalescer:
                 results.append(None)
             else:
                 self.sold_out_answers += 1
-                sku, qty = order.items[line].sku, order.items[line].qty
-                results.append(InsufficientStock(f"{sku}: {qty} more unit(s) needed", sku=sku, missing=qty))
+                results.append(InsufficientStock(order.items[line].sku, order.items[line].qty))
         return results
 
     async def _reserve(self, batch: list[Queued]) -> list[Any]:
@@ -245,7 +244,7 @@ class Coalescer:
         sku = order.items[line].sku
         if missing == order.items[line].qty and self.soldout is not None:  # nothing left anywhere
             self.soldout.mark(sku, epoch)
-        return InsufficientStock(f"{sku}: {missing} more unit(s) needed", sku=sku, missing=missing)
+        return InsufficientStock(sku, missing)
 
     @staticmethod
     def _sale_refusal(order: OrderIn, code: str, a: int, b: int) -> Exception:

@@ -77,6 +77,9 @@ class IdempotencyMismatch(Conflict):
 class InsufficientStock(Conflict):
     code, title = "insufficient_stock", "Not enough stock"
 
+    def __init__(self, sku: str, missing: int) -> None:
+        super().__init__(f"{sku}: {missing} more unit(s) needed", sku=sku, missing=missing)
+
 
 class BelowReserved(Conflict):
     code, title = "below_reserved", "On hand would drop below reserved units"
