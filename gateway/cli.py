@@ -83,7 +83,8 @@ def http(settings: Settings) -> int:
             yield
 
     app.cleanup_ctx.append(guard)
-    web.run_app(app, host=settings.host, port=settings.port, reuse_port=True, print=None,
+    # backlog: a sale's buyers connect at once; 128 drops SYNs (capped by net.core.somaxconn)
+    web.run_app(app, host=settings.host, port=settings.port, reuse_port=True, backlog=4096, print=None,
                 shutdown_timeout=10, access_log=None, loop=uvloop.new_event_loop())
     return 0
 
