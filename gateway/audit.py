@@ -23,8 +23,13 @@ def canonical(data: Any) -> bytes:
 
 
 def event_hash(prev: str, stream_id: str, order_id: str, seq: int, kind: str, at_ms: int, data: Any) -> str:
+    return chain_hash(prev, stream_id, order_id, seq, kind, at_ms, canonical(data))
+
+
+def chain_hash(prev: str, stream_id: str, order_id: str, seq: int, kind: str, at_ms: int, body: bytes) -> str:
+    """``event_hash`` over data already in canonical form (the writer prepares it off the lock)."""
     head = f"{prev}|{stream_id}|{order_id}|{seq}|{kind}|{at_ms}|".encode()
-    return hashlib.sha256(head + canonical(data)).hexdigest()
+    return hashlib.sha256(head + body).hexdigest()
 
 
 async def verify(pool: asyncpg.Pool, batch: int = 5000) -> tuple[int, dict[str, Any] | None]:

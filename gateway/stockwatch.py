@@ -18,10 +18,10 @@ import datetime as dt
 from typing import Any
 
 import asyncpg
-import orjson
 import redis.asyncio as aioredis
 
 from gateway import keys
+from gateway.audit import canonical
 from gateway.models import iso_ms
 
 
@@ -46,7 +46,7 @@ async def alerts(
             continue
         states[sku] = state
         if state != "ok":
-            data = orjson.dumps({"sku": sku, "available": left, "threshold": threshold}).decode()
+            data = canonical({"sku": sku, "available": left, "threshold": threshold}).decode()
             events.append((f"{batch_id}:{sku}:{state}", None, None, f"inventory.{state}", at_ms, data))
     return events, states
 

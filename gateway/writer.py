@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gateway import keys, stockwatch
-from gateway.audit import GENESIS, event_hash
+from gateway.audit import GENESIS, canonical, chain_hash
 
 log = logging.getLogger(__name__)
 EVENTS_LOCK = 0x6F6D7366  # advisory lock: one writer transaction at a time
@@ -104,42 +104,67 @@ class Writer:
         stream = keys.events()
         backlog = True  # first re-deliver our own pending entries (a restart under the same name)
         regroup = True
-        while not self._stopping:
-            try:
-                if regroup:
-                    await self.ensure_group()
-                    regroup = False
-                claimed = await self._claim(stream)
-                if claimed:
-                    await self._write(stream, claimed)
-                read = await self.redis.xreadgroup(
-                    keys.WRITER_GROUP, self.name, {stream: "0" if backlog else ">"},
-                    count=self.batch, block=None if backlog else self.block_ms,
-                )
-                entries = read[0][1] if read else []
-                if backlog and not entries:
-                    backlog = False
-                if entries:
-                    await self._write(stream, entries)
-                elif not claimed and not backlog and await self._settled(stream):
-                    async with self._tick:
-                        self._idle_ticks += 1
-                        self._tick.notify_all()
-            except asyncio.CancelledError:
-                raise
-            except WriterCrash:
-                async with self._tick:
-                    self._tick.notify_all()
-                raise
-            except Exception as exc:
-                backlog = True
-                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                    log.warning("writer %s: the stream's group is gone (Redis lost data?); recreating it",
-                                self.name)
-                    regroup = True
-                else:
-                    log.exception("writer %s: batch failed, retrying", self.name)
-                    await asyncio.sleep(0.5)
+        committing: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping:
+                try:
+                    if regroup:
+                        await self.ensure_group()
+                        regroup = False
+                    claimed = await self._claim(stream)
+                    if claimed:
+                        committing = await self._hand_over(committing, stream, claimed)
+                    read = await self.redis.xreadgroup(
+                        keys.WRITER_GROUP, self.name, {stream: "0" if backlog else ">"},
+                        count=self.batch, block=None if backlog else self.block_ms,
+                    )
+                    entries = read[0][1] if read else []
+                    if backlog and not entries:
+                        backlog = False
+                    if entries:
+                        committing = await self._hand_over(committing, stream, entries)
+                    if backlog or not entries:  # a re-read from "0" would return what is in flight
+                        await _finished(committing)
+                        committing = None
+                    if not entries and not claimed and not backlog and await self._settled(stream):
+                        async with self._tick:
+                            self._idle_ticks += 1
+                            self._tick.notify_all()
+                except (asyncio.CancelledError, WriterCrash):
+                    raise
+                except Exception as exc:
+                    await asyncio.gather(*[t for t in [committing] if t], return_exceptions=True)
+                    committing = None
+                    backlog = True
+                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                        log.warning("writer %s: the stream's group is gone (Redis lost data?); recreating it",
+                                    self.name)
+                        regroup = True
+                    else:
+                        log.exception("writer %s: batch failed, retrying", self.name)
+                        await asyncio.sleep(0.5)
+            await _finished(committing)
+        except WriterCrash:
+            async with self._tick:
+                self._tick.notify_all()
+            raise
+        finally:
+            if committing and not committing.done():
+                committing.cancel()
+
+    async def _hand_over(self, committing: asyncio.Task[None] | None, stream: str,
+                         entries: list[Entry]) -> asyncio.Task[None]:
+        """Build the next batch's rows while the previous one commits, then start its commit.
+
+        One batch in flight at most, committed in stream order: Python's share of a batch
+        (decoding, rows, hashing input) overlaps PostgreSQL's.
+        """
+        rows = Rows()
+        for entry_id, fields in entries:
+            if fields:  # empty: deleted from the stream after its write; only the ack is left
+                rows.add(entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+        await _finished(committing)
+        return asyncio.get_running_loop().create_task(self._write(stream, entries, rows))
 
     async def _settled(self, stream: str) -> bool:
         """No entry pending in the group: none in another writer's batch, none left by a dead one."""
@@ -151,12 +176,7 @@ class Writer:
         )
         return list(reply[1])
 
-    async def _write(self, stream: str, entries: list[Entry]) -> None:
-        rows = Rows()
-        for entry_id, fields in entries:
-            if not fields:  # deleted from the stream after its write; only the ack is left
-                continue
-            rows.add(entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+    async def _write(self, stream: str, entries: list[Entry], rows: Rows) -> None:
         first_id = entries[0][0].decode()
         alert_rows, states = await stockwatch.alerts(self.redis, sorted(rows.skus), self.low_stock, first_id,
                                                      int(first_id.split("-")[0]))
@@ -182,7 +202,11 @@ class Writer:
 
 
 class Rows:
-    """Column arrays for one batch, inserted with ``unnest`` (one statement per table)."""
+    """Column arrays for one batch, inserted with ``unnest`` (one statement per table).
+
+    Event data is kept in canonical JSON, the audit chain's hashing input, so that only the
+    hash itself is computed under the lock.
+    """
 
     def __init__(self) -> None:
         self.orders: list[tuple[Any, ...]] = []
@@ -210,7 +234,7 @@ class Rows:
 
     def _status(self, stream_id: str, kind: str, f: dict[str, str]) -> None:
         order_id, seq, at, data = f["o"], int(f["n"]), int(f["c"]), orjson.loads(f["d"])
-        self.events.append((stream_id, order_id, seq, kind, at, f["d"]))
+        self.events.append((stream_id, order_id, seq, kind, at, canonical(data).decode()))
         latest = self.status.get(order_id)
         if latest is None or latest[2] < seq:
             self.status[order_id] = (order_id, f["s"], seq, at, data.get("payment_id"), data.get("reason")
@@ -232,7 +256,7 @@ class Rows:
                 wh, _, qty = part.partition("=")
                 self.allocs.append((order_id, item["sku"], wh, int(qty)))
                 allocations.append({"sku": item["sku"], "warehouse": wh, "qty": int(qty)})
-        data = orjson.dumps({"order": payload, "allocations": allocations, "reserved_until_ms": until})
+        data = canonical({"order": payload, "allocations": allocations, "reserved_until_ms": until})
         self.events.append((stream_id, order_id, int(f["n"]), "order.accepted", created, data.decode()))
 
     async def insert(self, conn: asyncpg.Connection) -> None:
@@ -307,7 +331,7 @@ class Rows:
             if sid in known:
                 continue
             known.add(sid)
-            digest = event_hash(prev, sid, order_id or "", seq or 0, kind, at, orjson.loads(data))
+            digest = chain_hash(prev, sid, order_id or "", seq or 0, kind, at, data.encode())
             rows.append((sid, order_id, seq, kind, at, data, prev, digest))
             prev = digest
         if rows:
@@ -319,6 +343,12 @@ class Rows:
                     ORDER BY ord""",
                 *_columns(rows, 8),
             )
+
+
+async def _finished(task: asyncio.Task[None] | None) -> None:
+    """Wait for a batch's commit, raising what it raised; ``None`` is nothing in flight."""
+    if task:
+        await task
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -2,7 +2,8 @@
 
 The gateway runs without its own writer; the tests place orders, then run writers by hand
 with a fault hook that kills one (``WriterCrash``) at a chosen point of a chosen batch:
-inside the transaction before COMMIT, or after COMMIT before XACK. Another writer, or the
+inside the transaction before COMMIT, or after COMMIT before XACK. A writer reads its next
+batch while one commits, so a dead writer leaves up to two batches pending. Another writer, or the
 same one restarted, must then leave every accepted order in PostgreSQL exactly once, the
 ledger and the inventory table counted once, and the stream empty with nothing pending.
 """
@@ -17,8 +18,9 @@ from typing import Any
 import pytest
 
 from gateway import keys
+from gateway.audit import verify
 from gateway.writer import Writer, WriterCrash
-from tests.conftest import order_body
+from tests.conftest import auth, order_body
 
 STREAM = keys.events()
 BATCH = 50
@@ -138,8 +140,9 @@ async def test_writer_killed_before_commit_writes_nothing_of_its_batch_and_anoth
 
     dead = writers("w-dead", fault=crash_on("before_commit", 3))
     await killed(dead.start())
+    # pending: its batch and the next one, read while that batch was committing
     held = await pending_ids(redis, "w-dead")
-    assert held == [e[0] for e in entries[2 * BATCH: 3 * BATCH]]
+    assert held == [e[0] for e in entries[2 * BATCH: 4 * BATCH]]
     assert await pg_order_ids(pg) == order_ids(entries[: 2 * BATCH])
 
     heir = writers("w-heir")
@@ -163,7 +166,7 @@ async def test_writer_killed_between_commit_and_ack_is_redelivered_without_dupli
 
     dead = writers("w-dead", fault=crash_on("after_commit", 3))
     await killed(dead.start())
-    assert await pending_ids(redis, "w-dead") == [e[0] for e in crashed]
+    assert await pending_ids(redis, "w-dead") == [e[0] for e in entries[2 * BATCH: 4 * BATCH]]
     assert await pg_order_ids(pg) == order_ids(entries[: 3 * BATCH])  # committed, not acknowledged
     assert await pg.fetchval("SELECT on_hand FROM inventory WHERE sku = 'HOT' AND warehouse = 'W2'") == 600
 
@@ -185,7 +188,7 @@ async def test_writer_restarted_under_same_name_rereads_its_pending_entries_with
 
     first = writers("w-1", fault=crash_on(stage, 2))
     await killed(first.start())
-    assert len(await pending_ids(redis, "w-1")) == BATCH
+    assert len(await pending_ids(redis, "w-1")) == 2 * BATCH  # its batch and the one read ahead
 
     # An hour of claim delay: only its own backlog read can bring those entries back in time.
     again = writers("w-1", claim_idle_ms=3_600_000)
@@ -225,3 +228,30 @@ async def test_one_of_two_writers_killed_mid_stream_survivor_claims_its_batch(
     await killed(doomed_task)
     await caught_up(survivor)
     await assert_each_order_once(gw, redis, pg, orders, moves=3)
+
+
+async def test_payments_and_cancels_in_later_batches_land_after_their_orders(make_gateway, redis, pg, writers):
+    """Batches commit in stream order although the next one is read while one commits: every
+    status update finds its order row, and the audit chain verifies."""
+    gw = await make_gateway(run_writer=False)
+    await stock_up(gw)
+    orders = await place_orders(gw, "po", 150)
+    ids = sorted(orders)
+    expected = {}
+    for n, order_id in enumerate(ids):
+        if n % 3 == 2:
+            continue
+        path, body, key = (("payment", {"payment_id": f"pay-{n}", "amount": 100}, "k-pay")
+                           if n % 3 == 0 else ("cancel", {"reason": "ops"}, "k-ops"))
+        resp = await gw.post(f"/v1/orders/{order_id}/{path}", body, auth(key))
+        assert resp.status == 200, await resp.text()
+        expected[order_id] = "paid" if n % 3 == 0 else "cancelled"
+    assert await redis.xlen(STREAM) > 4 * BATCH
+
+    writer = writers("w-order")
+    writer.start()
+    await caught_up(writer)
+    rows = await pg.fetch("SELECT order_id, status, last_seq FROM orders")
+    assert {r["order_id"]: r["status"] for r in rows} == {o: expected.get(o, "pending_payment") for o in ids}
+    assert all(r["last_seq"] == (2 if r["order_id"] in expected else 1) for r in rows)
+    assert await verify(pg) == (await pg.fetchval("SELECT count(*) FROM order_events"), None)
