@@ -13,7 +13,6 @@ temporary directory, or ``OMS_DATABASE_URL``).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import shutil
 import tempfile
@@ -22,31 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 import uvloop
 
+from bench.rows import batch, ts
 from gateway import db
 from gateway.embedded import EmbeddedPostgres
 from gateway.writer import EVENTS_LOCK, Rows
-
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def batch(tag: str, n: int) -> Rows:
-    """A writer batch of ``n`` accepted one-line orders, as the stream delivers them."""
-    rows = Rows()
-    now = int(time.time() * 1000)
-    for i in range(n):
-        order_id = f"{tag}-{i}"
-        payload = orjson.dumps({"order_id": order_id, "user_id": f"u-{i % 5000}", "channel": "web",
-                                "items": [{"sku": "HOT", "qty": 1}]}).decode()
-        rows.add(f"{now}-{i}", {"t": "order.accepted", "o": order_id, "n": "1", "p": payload, "a": "W1=1",
-                                "c": str(now), "u": str(now + 900_000)})
-    return rows
-
-
-def ts(ms: int) -> dt.datetime:
-    return EPOCH + dt.timedelta(milliseconds=ms)
 
 
 async def unnest_form(conn: asyncpg.Connection, rows: Rows) -> None:

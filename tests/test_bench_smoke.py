@@ -21,7 +21,7 @@ from rich.console import Console
 from bench import procs, run, writer_forms
 from bench.load import Samples, open_loop, open_loop_procs, parse_wrk, python_closed_loop
 from bench.report import markdown, report
-from bench.rows import Visibility
+from bench.rows import Visibility, batch, copy_rate, copy_records
 from tests.conftest import ADMIN, Backends, order_body
 
 SLEEPER = "import time; time.sleep(60)"
@@ -168,6 +168,7 @@ async def test_a_short_run_yields_p1_to_p7_and_its_files(tmp_path, backends: Bac
     drain, push = results["writer"]["drain"], results["writer"]["push"]
     assert drain["in_stream_order"] and 0 < drain["rows"] <= push["ok"] + 2  # the backlog and its two markers
     assert results["copy"]["rows"] == drain["rows"]
+    assert results["copy"]["tables"] == ["orders", "order_items", "allocations", "order_events"]
     results["took_s"] = 1.0
     report(results, Console(file=io.StringIO()), out=tmp_path / "results")
     assert (tmp_path / "results" / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -183,3 +184,17 @@ async def test_both_writer_forms_write_every_row_of_their_batches(pg, backends: 
     assert await pg.fetchval("SELECT count(*) FROM order_items") == 120
     assert await pg.fetchval("SELECT count(*) FROM allocations") == 120
     assert await pg.fetchval("SELECT count(*) FROM order_events WHERE type = 'order.accepted'") == 120
+
+
+async def test_copy_baseline_copies_what_the_writer_writes_per_order_and_cleans_up(pg, backends: Backends):
+    """P3's baseline: as many rows per table as the writer inserts for the same orders."""
+    records = copy_records(batch("cb", 25))
+    assert {t: len(r) for t, (_, r) in records.items()} == {
+        "orders": 25, "order_items": 25, "allocations": 25, "order_events": 25}
+    events = records["order_events"][1]
+    assert [e[6] for e in events[1:]] == [e[7] for e in events[:-1]]  # a hash chain, like the writer's
+    result = await copy_rate(backends.database_url, 25)
+    assert result["rows"] == 25 and result["rows_per_s"] > 0 and result["orders_only_rows_per_s"] > 0
+    assert await pg.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'naive' "
+                             "AND tablename LIKE 'copy_%'") == 0
+    assert await pg.fetchval("SELECT count(*) FROM orders") == 0  # scratch tables only
