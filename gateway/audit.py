@@ -4,7 +4,8 @@
 as canonical JSON (sorted keys), in ``order_events.id`` order. Writers append under one
 advisory lock, so the chain follows commit order. Changing, deleting or inserting a row by
 hand breaks the chain at that row; deleting the newest events of an order leaves it with
-fewer events than ``orders.last_seq`` says it had, which is reported too.
+fewer events than ``orders.last_seq`` says it had, which is reported too, and so is a line,
+allocation or event left without its order row.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ async def verify(pool: asyncpg.Pool, batch: int = 5000) -> tuple[int, dict[str, 
                 last_id, batch,
             )
             if not rows:
-                return checked, await _missing_tail(conn)
+                return checked, await _missing_tail(conn) or await _orphan(conn)
             for r in rows:
                 at_ms = int(r["at_ms"])  # written in whole ms: a fraction is a change by hand
                 expected = event_hash(prev, r["stream_id"], r["order_id"] or "", r["seq"] or 0, r["type"], at_ms,
@@ -53,6 +54,21 @@ async def verify(pool: asyncpg.Pool, batch: int = 5000) -> tuple[int, dict[str, 
                     return checked, {"id": r["id"], "order_id": r["order_id"], "seq": r["seq"],
                                      "type": r["type"], "stream_id": r["stream_id"]}
                 prev, last_id, checked = r["hash"], r["id"], checked + 1
+
+
+async def _orphan(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """A line, allocation or event whose order row is gone (the tables have no foreign keys)."""
+    row = await conn.fetchrow(
+        """SELECT * FROM (
+             SELECT 'order_items' AS t, order_id, NULL::bigint AS id FROM order_items
+             UNION ALL SELECT 'allocations', order_id, NULL FROM allocations
+             UNION ALL SELECT 'order_events', order_id, id FROM order_events WHERE order_id IS NOT NULL) x
+           WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = x.order_id) LIMIT 1"""
+    )
+    if row is None:
+        return None
+    return {"id": row["id"], "order_id": row["order_id"], "seq": None,
+            "type": f"{row['t']} row without its order", "stream_id": None}
 
 
 async def _missing_tail(conn: asyncpg.Connection) -> dict[str, Any] | None:
