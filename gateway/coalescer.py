@@ -38,7 +38,7 @@ from gateway.soldout import SoldOut
 log = logging.getLogger(__name__)
 
 Result = tuple[int, dict[str, Any]]
-Queued = tuple[OrderIn, bytes, "asyncio.Future[Result]", float]  # float: when it was queued (loop time)
+Queued = tuple[OrderIn, bytes, "asyncio.Future[Result]"]
 
 
 def reserve_call(
@@ -80,7 +80,6 @@ class Coalescer:
         max_in_flight: int,
         max_batch: int,
         wait_aof: bool,
-        queue_budget_ms: int = 0,
         soldout: SoldOut | None = None,
     ) -> None:
         self.scripts = scripts
@@ -91,8 +90,6 @@ class Coalescer:
         self.record_ttl = record_ttl
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
-        self.queue_budget = queue_budget_ms / 1000
-        self.shed = 0
         self.wait_aof = wait_aof
         self.soldout = soldout
         self.in_flight = 0
@@ -118,7 +115,7 @@ class Coalescer:
             raise Overloaded()
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         sold_out = self.soldout is not None and self.soldout.line(order) is not None
-        (self._checks if sold_out else self._pending).append((order, payload, fut, fut.get_loop().time()))
+        (self._checks if sold_out else self._pending).append((order, payload, fut))
         self.in_flight += 1
         self._idle.clear()
         self._wake.set()
@@ -139,8 +136,6 @@ class Coalescer:
             while self._pending or self._checks:
                 batch, checks = self._pending[: self.max_batch], self._checks[: self.max_batch]
                 del self._pending[: self.max_batch], self._checks[: self.max_batch]
-                if self.queue_budget:
-                    batch = self._within_budget(batch)
                 if not checks:
                     await self._settle(batch, self._reserve)
                 elif not batch:
@@ -148,26 +143,6 @@ class Coalescer:
                 else:
                     await asyncio.gather(self._settle(batch, self._reserve), self._settle(checks, self._check))
             self._idle.set()
-
-    def _within_budget(self, batch: list[Queued]) -> list[Queued]:
-        """Answer 503 to orders that waited longer than ``OMS_QUEUE_BUDGET_MS`` for their batch.
-
-        Nothing was reserved for them, so a retry with the same order_id is safe. Past the
-        machine's capacity the queue only grows: without this, every accepted order would
-        wait the whole queue out (seconds), instead of the overflow being told at once.
-        """
-        oldest = asyncio.get_running_loop().time() - self.queue_budget
-        if not batch or batch[0][3] >= oldest:
-            return batch
-        keep = []
-        for queued in batch:
-            if queued[3] >= oldest:
-                keep.append(queued)
-            elif not queued[2].done():
-                queued[2].set_exception(Overloaded())
-        self.shed += len(batch) - len(keep)
-        self.in_flight -= len(batch) - len(keep)
-        return keep
 
     async def _settle(self, batch: list[Queued], call: Any) -> None:
         """Run ``call`` for the batch and hand each waiter its result; None leaves one waiting."""
@@ -177,11 +152,11 @@ class Coalescer:
             if not isinstance(exc, GatewayError):
                 log.exception("batch of %d orders failed", len(batch))
                 exc = BackendDown("Reservation failed, retry with the same order_id")
-            for _, _, fut, _ in batch:
+            for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
         else:
-            for (_, _, fut, _), result in zip(batch, results, strict=True):
+            for (_, _, fut), result in zip(batch, results, strict=True):
                 if result is None or fut.done():
                     continue
                 if isinstance(result, Exception):
@@ -196,9 +171,9 @@ class Coalescer:
         """Refuse orders for SKUs remembered as sold out after one read-only call (lua/soldout.lua)
         confirms it; a replay or a SKU with units again goes on to the reserve script."""
         assert self.soldout is not None
-        lines = [self.soldout.line(order) for order, _, _, _ in checks]
+        lines = [self.soldout.line(order) for order, _, _ in checks]
         ks = [keys.ready(), keys.wh_version()]
-        for (order, _, _, _), line in zip(checks, lines, strict=True):
+        for (order, _, _), line in zip(checks, lines, strict=True):
             if line is not None:
                 ks += [keys.order(order.order_id), keys.stock(order.items[line].sku)]
         reply = []
@@ -209,9 +184,9 @@ class Coalescer:
                 raise NotReady()
         flags = iter(reply if reply and int(reply[0]) >= 0 else [])
         results: list[Any] = []
-        for (order, payload, fut, queued), line in zip(checks, lines, strict=True):
+        for (order, payload, fut), line in zip(checks, lines, strict=True):
             if line is None or next(flags, 1):
-                self._pending.append((order, payload, fut, queued))
+                self._pending.append((order, payload, fut))
                 self.in_flight += 1  # counted again: it is answered by the reserve batch
                 results.append(None)
             else:
@@ -220,7 +195,7 @@ class Coalescer:
         return results
 
     async def _reserve(self, batch: list[Queued]) -> list[Any]:
-        orders = [(order, payload) for order, payload, _, _ in batch]
+        orders = [(order, payload) for order, payload, _ in batch]
         epoch = self.soldout.epoch if self.soldout else 0
         while True:
             ks, args = reserve_call(orders, self.warehouses, self.sales, self.strategy, self.ttl_ms,
@@ -232,8 +207,7 @@ class Coalescer:
                 break
             await self.warehouses.load()  # another process changed warehouses: plan again
         await self.sales.refresh(int(reply[1]))
-        return [self._decode(order, payload, r, epoch)
-                for (order, payload, _, _), r in zip(batch, reply[2:], strict=True)]
+        return [self._decode(order, payload, r, epoch) for (order, payload, _), r in zip(batch, reply[2:], strict=True)]
 
     async def _call(self, ks: list[str], args: list[Any]) -> Any:
         if not self.wait_aof:

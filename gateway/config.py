@@ -46,7 +46,6 @@ class Settings:
     data_dir: Path = Path(".data")
     max_in_flight: int = 4096
     max_batch: int = 512
-    queue_budget_ms: int = 100
     max_body: int = 256 * 1024
     idempotency_ttl: int = 86400
     writer_batch: int = 2000
@@ -130,7 +129,6 @@ class Settings:
             data_dir=Path(v.get("OMS_DATA_DIR", ".data")),
             max_in_flight=_int(v, "OMS_MAX_IN_FLIGHT", 4096, 1, 1_000_000),
             max_batch=_int(v, "OMS_MAX_BATCH", 512, 1, 10_000),
-            queue_budget_ms=_int(v, "OMS_QUEUE_BUDGET_MS", 100, 0, 600_000),
             max_body=_int(v, "OMS_MAX_BODY", 256 * 1024, 1024, 64 * 1024 * 1024),
             idempotency_ttl=_int(v, "OMS_IDEMPOTENCY_TTL", 86400, 60, 30 * 86400),
             writer_batch=_int(v, "OMS_WRITER_BATCH", 2000, 1, 100_000),

@@ -277,7 +277,7 @@ async def stats(request: web.Request) -> web.Response:
                   if g["name"] == keys.WRITER_GROUP.encode()), {})
     return json({
         "orders_in_flight": coalescer.in_flight, "reserve_batches": coalescer.batches,
-        "sold_out_answers": coalescer.sold_out_answers, "shed_overloaded": coalescer.shed,
+        "sold_out_answers": coalescer.sold_out_answers,
         "orders_expired": app[K.EXPIRER].expired,
         "stream_length": await app[K.REDIS].xlen(keys.events()),
         # the writers run in other processes: their progress is read from the consumer group

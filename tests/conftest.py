@@ -102,10 +102,6 @@ def settings(backends: Backends) -> Settings:
         "OMS_REDIS_URL": backends.redis_url, "OMS_DATABASE_URL": backends.database_url,
         "OMS_API_KEYS": API_KEYS, "OMS_JWT_SECRET": SECRET, "OMS_ENV": "test",
         "OMS_WRITER_CLAIM_IDLE_MS": "200",
-        # Tests count outcomes exactly (100 units, 1000 buyers): on a busy CI machine a batch can
-        # take longer than the production budget, so here no order is shed for waiting;
-        # test_coalescer tests the budget.
-        "OMS_QUEUE_BUDGET_MS": "0",
     })
 
 

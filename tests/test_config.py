@@ -29,8 +29,6 @@ def test_empty_environment_gives_documented_defaults_and_dev_credentials():
     assert s.jwt_secret == DEV_JWT_SECRET
     assert s.dev_credentials
     assert s.max_in_flight >= 2000  # a flash sale is admitted, not shed, by default
-    assert s.queue_budget_ms == 100
-    assert Settings.from_env({"OMS_QUEUE_BUDGET_MS": "0"}).queue_budget_ms == 0  # no budget
 
 
 def test_variables_outside_the_oms_prefix_are_ignored():

@@ -63,8 +63,7 @@ async def until(check: Callable[[], object], timeout: float = 30) -> None:
 def serve_env(backends: Backends, port: int, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
     return env | {"OMS_REDIS_URL": backends.redis_url, "OMS_DATABASE_URL": backends.database_url,
-                  "OMS_PORT": str(port), "OMS_WORKERS": "2", "OMS_DATA_DIR": str(tmp_path / "data"),
-                  "OMS_QUEUE_BUDGET_MS": "0"}  # exact counts below; the budget has its own test
+                  "OMS_PORT": str(port), "OMS_WORKERS": "2", "OMS_DATA_DIR": str(tmp_path / "data")}
 
 
 async def start_serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
