@@ -10,6 +10,7 @@ delivered twice is written once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -133,8 +134,10 @@ class Writer:
                 except (asyncio.CancelledError, WriterCrash):
                     raise
                 except Exception as exc:
-                    await asyncio.gather(*[t for t in [committing] if t], return_exceptions=True)
-                    committing = None
+                    if committing:  # its failure, if any, is this one or is retried with the rest
+                        with contextlib.suppress(Exception):
+                            await committing
+                        committing = None
                     backlog = True
                     if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                         log.warning("writer %s: the stream's group is gone (Redis lost data?); recreating it",
