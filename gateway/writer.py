@@ -36,6 +36,15 @@ class WriterCrash(BaseException):
     """Raised by a fault hook to stop a writer dead, as a killed process would."""
 
 
+class OrderNotWrittenYet(Exception):
+    """A status event arrived for an order whose ``order.accepted`` another writer holds, read
+    but not committed (the group hands entries to whichever writer asks). The batch is rolled
+    back and retried, so the status is applied after the order row exists, never dropped."""
+
+    def __init__(self, order_ids: list[str]) -> None:
+        super().__init__(f"orders not in PostgreSQL yet: {', '.join(order_ids[:5])}")
+
+
 class Writer:
     def __init__(
         self,
@@ -58,6 +67,7 @@ class Writer:
         self.fault = fault
         self.low_stock = low_stock
         self.written = 0
+        self.deferred = 0  # batches rolled back for OrderNotWrittenYet
         self._idle_ticks = 0
         self._stopping = False
         self._tick = asyncio.Condition()
@@ -139,7 +149,11 @@ class Writer:
                             await committing
                         committing = None
                     backlog = True
-                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    if isinstance(exc, OrderNotWrittenYet):
+                        self.deferred += 1
+                        log.info("writer %s: %s; retrying after the other writer's commit", self.name, exc)
+                        await asyncio.sleep(0.1)
+                    elif isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                         log.warning("writer %s: the stream's group is gone (Redis lost data?); recreating it",
                                     self.name)
                         regroup = True
@@ -291,6 +305,11 @@ class Rows:
                 *_columns(self.allocs, 4),
             )
         if self.status:
+            ids = list(self.status)
+            found = {r["order_id"] for r in await conn.fetch(
+                "SELECT order_id FROM orders WHERE order_id = ANY($1::text[])", ids)}
+            if len(found) < len(ids):
+                raise OrderNotWrittenYet([o for o in ids if o not in found])
             await conn.execute(
                 f"""UPDATE orders o SET status = x.s, last_seq = x.n, updated_at = {MS.format("x.a")},
                           payment_id = coalesce(x.pid, o.payment_id),

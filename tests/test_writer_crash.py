@@ -255,3 +255,35 @@ async def test_payments_and_cancels_in_later_batches_land_after_their_orders(mak
     assert {r["order_id"]: r["status"] for r in rows} == {o: expected.get(o, "pending_payment") for o in ids}
     assert all(r["last_seq"] == (2 if r["order_id"] in expected else 1) for r in rows)
     assert await verify(pg) == (await pg.fetchval("SELECT count(*) FROM order_events"), None)
+
+
+async def test_payment_read_by_one_writer_while_another_holds_the_order_waits_for_it(
+    make_gateway, redis, pg, writers
+):
+    """The group gives the order to one writer and its payment to another: the payment's batch is
+    rolled back and retried until the order row exists, so the status is never dropped."""
+    gw = await make_gateway(run_writer=False)
+    await stock_up(gw)
+    await place_orders(gw, "held", 1)
+    holder = writers("w-holder", claim_idle_ms=3_600_000)
+    await holder.ensure_group()
+    held = await redis.xreadgroup(keys.WRITER_GROUP, "w-holder", {STREAM: ">"})  # read, not committed
+    assert "held-0" in order_ids(held[0][1])
+    resp = await gw.post("/v1/orders/held-0/payment", {"payment_id": "pay-held", "amount": 100}, auth("k-pay"))
+    assert resp.status == 200, await resp.text()
+
+    payer = writers("w-payer", claim_idle_ms=3_600_000)
+    payer.start()
+
+    async def deferred_twice() -> None:  # it tried, found no order row, rolled back, tries again
+        while payer.deferred < 2:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(deferred_twice(), timeout=10)
+    assert await pg.fetchval("SELECT count(*) FROM order_events WHERE order_id = 'held-0'") == 0
+
+    holder.start()  # re-reads its pending entries first and writes the order
+    await caught_up(holder, payer)
+    row = await pg.fetchrow("SELECT status, last_seq, payment_id FROM orders WHERE order_id = 'held-0'")
+    assert tuple(row) == ("paid", 2, "pay-held")
+    assert await verify(pg) == (await pg.fetchval("SELECT count(*) FROM order_events"), None)
