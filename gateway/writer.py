@@ -125,6 +125,9 @@ class Writer:
                     claimed = await self._claim(stream)
                     if claimed:
                         committing = await self._hand_over(committing, stream, claimed)
+                    if backlog:  # a read from "0" returns our pending entries, the batch in flight too
+                        await _finished(committing)
+                        committing = None
                     read = await self.redis.xreadgroup(
                         keys.WRITER_GROUP, self.name, {stream: "0" if backlog else ">"},
                         count=self.batch, block=None if backlog else self.block_ms,
@@ -134,13 +137,13 @@ class Writer:
                         backlog = False
                     if entries:
                         committing = await self._hand_over(committing, stream, entries)
-                    if backlog or not entries:  # a re-read from "0" would return what is in flight
+                    else:
                         await _finished(committing)
                         committing = None
-                    if not entries and not claimed and not backlog and await self._settled(stream):
-                        async with self._tick:
-                            self._idle_ticks += 1
-                            self._tick.notify_all()
+                        if not claimed and not backlog and await self._settled(stream):
+                            async with self._tick:
+                                self._idle_ticks += 1
+                                self._tick.notify_all()
                 except (asyncio.CancelledError, WriterCrash):
                     raise
                 except Exception as exc:
