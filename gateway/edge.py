@@ -50,6 +50,11 @@ def edge(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except GatewayError as err:
+            # A refusal the coalescer settled on a future comes back as the future's exception
+            # while the handler's frame still holds that future: exception -> traceback ->
+            # frame -> future -> exception is a cycle only the collector frees. Every sold-out
+            # 409 left ~24 such objects: a 30 ms collection each 2,000 refusals.
+            err.__traceback__ = None
             return problem_response(err)
         except web.HTTPRequestEntityTooLarge:
             return problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
