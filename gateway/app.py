@@ -101,7 +101,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     sales = SaleCache(client)
     await sales.load()
     app[K.SALES] = sales
-    soldout = SoldOut(settings.redis_url)
+    soldout = SoldOut(settings.redis_url, client)
     await soldout.start()
     coalescer = Coalescer(
         app[K.SCRIPTS], cache, sales, strategy=settings.strategy, reservation_ttl=settings.reservation_ttl,

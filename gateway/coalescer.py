@@ -30,7 +30,7 @@ from gateway.errors import (
     SaleNotActive,
 )
 from gateway.inventory import WarehouseCache
-from gateway.models import OrderIn, render_order
+from gateway.models import OrderIn, encode, render_order
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
 from gateway.soldout import SoldOut
@@ -57,6 +57,7 @@ def reserve_call(
             sale = sales.by_id.get(order.sale_id)
             chosen = sale.strategy if sale is not None and sale.strategy else strategy
         ks.extend(keys.stock(item.sku) for item in order.items)
+        ks.extend(keys.holders(item.sku) for item in order.items)
         pref = warehouses.order(chosen, order.ship_to.region if order.ship_to else None)
         index = prefs.setdefault(pref, len(prefs))
         lines = [[item.sku, item.qty, index, -1 if item.unit_price is None else item.unit_price]
@@ -96,7 +97,6 @@ class Coalescer:
         self.batches = 0
         self.sold_out_answers = 0
         self._pending: list[Queued] = []
-        self._checks: list[Queued] = []  # orders for SKUs remembered as sold out (gateway/soldout.py)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -108,18 +108,23 @@ class Coalescer:
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run(), name="coalescer")
 
-    def submit(self, order: OrderIn, payload: bytes) -> asyncio.Future[Result]:
+    def submit(self, order: OrderIn) -> asyncio.Future[Result]:
         """Queue one validated order; the future gets ``(status, body)`` or a GatewayError.
 
-        Raises Overloaded instead of queueing past ``max_in_flight`` (bounded memory).
+        Raises InsufficientStock for a SKU remembered as sold out (gateway/soldout.py), and
+        Overloaded instead of queueing past ``max_in_flight`` (bounded memory).
         """
+        if self.soldout is not None:
+            line = self.soldout.refusal(order)
+            if line is not None:
+                self.sold_out_answers += 1
+                raise InsufficientStock(order.items[line].sku, order.items[line].qty)
         if self._closing or self._loop is None or self.in_flight >= self.max_in_flight:
             raise Overloaded()
         # the loop start() saw: asyncio.get_running_loop() calls getpid() on Python 3.11, a
         # system call that took 6% of a sold-out answer's CPU here
         fut: asyncio.Future[Result] = self._loop.create_future()
-        sold_out = self.soldout is not None and self.soldout.line(order) is not None
-        (self._checks if sold_out else self._pending).append((order, payload, fut))
+        self._pending.append((order, encode(order), fut))
         self.in_flight += 1
         self._idle.clear()
         self._wake.set()
@@ -137,21 +142,16 @@ class Coalescer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending or self._checks:
-                batch, checks = self._pending[: self.max_batch], self._checks[: self.max_batch]
-                del self._pending[: self.max_batch], self._checks[: self.max_batch]
-                if not checks:
-                    await self._settle(batch, self._reserve)
-                elif not batch:
-                    await self._settle(checks, self._check)
-                else:
-                    await asyncio.gather(self._settle(batch, self._reserve), self._settle(checks, self._check))
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                await self._settle(batch)
             self._idle.set()
 
-    async def _settle(self, batch: list[Queued], call: Any) -> None:
-        """Run ``call`` for the batch and hand each waiter its result; None leaves one waiting."""
+    async def _settle(self, batch: list[Queued]) -> None:
+        """Reserve for the batch and hand each waiter its result."""
         try:
-            results = await call(batch)
+            results = await self._reserve(batch)
         except Exception as exc:  # every waiter learns the batch failed
             if not isinstance(exc, GatewayError):
                 log.exception("batch of %d orders failed", len(batch))
@@ -161,7 +161,7 @@ class Coalescer:
                     fut.set_exception(exc)
         else:
             for (_, _, fut), result in zip(batch, results, strict=True):
-                if result is None or fut.done():
+                if fut.done():
                     continue
                 if isinstance(result, Exception):
                     fut.set_exception(result)
@@ -170,33 +170,6 @@ class Coalescer:
         finally:
             self.in_flight -= len(batch)
             self.batches += 1
-
-    async def _check(self, checks: list[Queued]) -> list[Any]:
-        """Refuse orders for SKUs remembered as sold out after one read-only call (lua/soldout.lua)
-        confirms it; a replay or a SKU with units again goes on to the reserve script."""
-        assert self.soldout is not None
-        lines = [self.soldout.line(order) for order, _, _ in checks]
-        ks = [keys.ready(), keys.wh_version()]
-        for (order, _, _), line in zip(checks, lines, strict=True):
-            if line is not None:
-                ks += [keys.order(order.order_id), keys.stock(order.items[line].sku)]
-        reply = []
-        if len(ks) > 2:
-            active = self.warehouses.order("priority", None)
-            reply = await self.scripts.call("soldout", ks, [self.warehouses.version, *active])
-            if int(reply[0]) == -2:
-                raise NotReady()
-        flags = iter(reply if reply and int(reply[0]) >= 0 else [])
-        results: list[Any] = []
-        for (order, payload, fut), line in zip(checks, lines, strict=True):
-            if line is None or next(flags, 1):
-                self._pending.append((order, payload, fut))
-                self.in_flight += 1  # counted again: it is answered by the reserve batch
-                results.append(None)
-            else:
-                self.sold_out_answers += 1
-                results.append(InsufficientStock(order.items[line].sku, order.items[line].qty))
-        return results
 
     async def _reserve(self, batch: list[Queued]) -> list[Any]:
         orders = [(order, payload) for order, payload, _ in batch]

@@ -8,6 +8,8 @@ stock is split across slots.
 Key (tag ``{p}``)                  type     holds / lifetime
 oms:{p}:stock:<sku>                hash     ``<wh>`` available, ``r:<wh>`` reserved; forever
 oms:{p}:order:<order_id>           hash     payload, allocations, status, times; idempotency TTL
+oms:{p}:holders:<sku>              zset     order ids with a record naming the SKU, scored by the
+                                            record's expiry (ms); trimmed as orders are added
 oms:{p}:expiry                     zset     pending order ids scored by reserved_until (ms)
 oms:{p}:events                     stream   events for the writers (deleted once written)
 oms:{p}:warehouses                 hash     ``<wh>`` -> "priority|region|active"; forever
@@ -43,6 +45,10 @@ def stock_pattern(p: str = "{p0}") -> str:
 
 def order(order_id: str, p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:order:{order_id}"
+
+
+def holders(sku: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:holders:{sku}"
 
 
 def expiry(p: str = "{p0}") -> str:

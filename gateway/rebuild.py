@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gateway import keys
+from gateway.models import decode_order
 from gateway.orders import ORDER_SELECT, record_of
 from gateway.reconciler import HOLDING, PG_STOCK
 from gateway.sales import SaleIn, rules
@@ -82,6 +84,7 @@ async def rebuild(
     if not force and await in_service(redis):
         raise Refused("Redis is in service (ready marker set, state present); --force replaces its state")
     await redis.delete(keys.ready())  # nothing sells from here until the end
+    await restocked(redis)  # nor is refused as sold out by a process's memory
     unwritten = sum([await redis.xlen(keys.events(p)) for p in keys.all_partitions()])
     if unwritten:
         raise Refused(f"{unwritten} event(s) in Redis are not in PostgreSQL yet; orders answer 503 now, "
@@ -133,7 +136,7 @@ async def _rows(conn: asyncpg.Connection, sql: str, *args: Any) -> tuple[int, An
 async def _clear(redis: aioredis.Redis) -> None:
     """Delete every key the rebuild writes, so none that PostgreSQL no longer knows lingers."""
     doomed = [keys.warehouses(), keys.sales(), keys.expiry()]
-    for pattern in (keys.stock_pattern(), keys.order("*"), keys.sale("*")):  # ids hold no glob characters
+    for pattern in (keys.stock_pattern(), keys.order("*"), keys.sale("*"), keys.holders("*")):  # ids hold no glob characters
         async for key in redis.scan_iter(match=pattern, count=BATCH):
             doomed.append(key)
             if len(doomed) >= BATCH:
@@ -214,6 +217,9 @@ async def _orders(
             out.pipe.zadd(keys.expiry(), {r["order_id"]: r["until_ms"]})
             pending += 1
         out.pipe.expire(key, ttl)
+        lapses = int(time.time() * 1000) + ttl * 1000
+        for item in decode_order(r["payload"].encode()).items:  # reserve.lua: the SKU's holders
+            out.pipe.zadd(keys.holders(item.sku), {r["order_id"]: lapses})
         await out.row_done()
     await out.flush()
     return total, pending

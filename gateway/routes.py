@@ -34,7 +34,6 @@ from gateway.models import (
     WarehouseIn,
     decode,
     decode_order,
-    encode,
 )
 from gateway.orders import ORDER_SELECT, change, load_order, may_read, row_view
 from gateway.sales import SaleIn, put_sale, sale_view
@@ -79,7 +78,7 @@ async def submit(
     may_submit(who, order, services)
     if order.sale_id is not None:
         order = await app[K.SALES].apply_prices(order)
-    return app[K.COALESCER].submit(order, encode(order))
+    return app[K.COALESCER].submit(order)
 
 
 async def create_order(request: web.Request) -> web.Response:

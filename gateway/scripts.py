@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import BackendDown
 
-NAMES = ("reserve", "soldout", "stock", "transition", "repair")
+NAMES = ("reserve", "stock", "transition", "repair")
 
 
 def source(name: str) -> str:

@@ -1,17 +1,18 @@
 """A process's memory of sold-out SKUs, so the crowd that keeps pressing "buy" after the
-last unit went costs neither a reservation script nor an fsync.
+last unit went costs neither Redis nor an fsync: the refusal is answered in the process.
 
 A SKU is remembered when the reserve script found nothing available in any active
-warehouse. Orders for it then take a cheaper road (``Coalescer._check``, lua/soldout.lua):
-one read-only call per batch confirms that the order id is new (a replay must still get
-its order back) and that the SKU still has nothing available, so the memory only chooses
-the road and can never refuse an order the reserve script would have taken.
+warehouse, together with the ids of the orders whose records name it (the holders zset,
+written by lua/reserve.lua). Those orders still go to the reserve script, so a replay of an
+order accepted before the sell-out gets its order back; every other order for the SKU is
+refused at once. The holders are read after the sell-out was seen, so they hold every
+order that took a unit; no order can take one later without units coming back first.
 
 Everything that can make units available again (a stock change, an order cancelled or
 expired, a repair, a rebuild, a warehouse change) publishes the SKU (or ``*``) on
 ``keys.RESTOCK``, and every process forgets it at once; a flag taken from a reply that a
-restock message overtook is not kept (``epoch``), flags are only taken while subscribed,
-and each expires after ``ttl`` seconds in case a message was lost.
+restock message overtook is not kept (``epoch``), flags are only taken while subscribed, a
+lost subscription forgets every flag, and each flag lapses after ``ttl`` seconds.
 """
 
 from __future__ import annotations
@@ -35,37 +36,62 @@ async def restocked(client: aioredis.Redis, sku: str = "*") -> None:
 
 
 class SoldOut:
-    def __init__(self, redis_url: str, ttl: float = 1.0) -> None:
+    def __init__(self, redis_url: str, redis: aioredis.Redis, ttl: float = 1.0) -> None:
         self.redis_url = redis_url
+        self.redis = redis  # the shared client, for reading holders
         self.ttl = ttl
         self.epoch = 0  # bumped by every restock message: a reply sent before it proves nothing
         self.listening = False
-        self._skus: dict[str, float] = {}
+        self._skus: dict[str, tuple[float, frozenset[str]]] = {}  # sku -> (until, holders)
+        self._loading: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self.forgot = asyncio.Event()  # set by every restock message (clear it to await the next)
 
-    def line(self, order: OrderIn) -> int | None:
-        """The index of the order's first line whose SKU is remembered as sold out."""
+    def refusal(self, order: OrderIn) -> int | None:
+        """The index of the order's first line whose SKU is remembered as sold out, unless the
+        order is one of that SKU's holders (a replay, for the reserve script to answer)."""
         if self._skus:
             for j, item in enumerate(order.items):
-                if self.remembers(item.sku):
+                holders = self.holders(item.sku)
+                if holders is not None and order.order_id not in holders:
                     return j
         return None
 
     def remembers(self, sku: str) -> bool:
-        until = self._skus.get(sku)
-        if until is None:
-            return False
-        if until > time.monotonic():
-            return True
+        return self.holders(sku) is not None
+
+    def holders(self, sku: str) -> frozenset[str] | None:
+        """The holders of a SKU remembered as sold out; None when it is not."""
+        hit = self._skus.get(sku)
+        if hit is None:
+            return None
+        if hit[0] > time.monotonic():
+            return hit[1]
         del self._skus[sku]
-        return False
+        return None
 
     def mark(self, sku: str, epoch: int) -> None:
-        """Remember ``sku`` as sold out, as seen by a script call sent at ``epoch``."""
-        if self.listening and epoch == self.epoch:
-            self._skus[sku] = time.monotonic() + self.ttl
+        """Remember ``sku`` as sold out, as seen by a script call sent at ``epoch``, once its
+        holders are read (until then its orders go on to the reserve script)."""
+        if self.listening and epoch == self.epoch and sku not in self._loading and not self.remembers(sku):
+            self._loading[sku] = asyncio.get_running_loop().create_task(self._load(sku, epoch))
+
+    async def _load(self, sku: str, epoch: int) -> None:
+        try:
+            ids = await self.redis.zrangebyscore(keys.holders(sku), int(time.time() * 1000) - 60_000, "+inf")
+        except (RedisError, OSError) as exc:
+            log.warning("holders of sold-out %s not read (%s); its orders go to Redis", sku, exc)
+        else:
+            if self.listening and epoch == self.epoch:
+                self._skus[sku] = (time.monotonic() + self.ttl, frozenset(i.decode() for i in ids))
+        finally:
+            del self._loading[sku]
+
+    async def loaded(self) -> None:
+        """Wait until every holders read under way has finished (tests)."""
+        while self._loading:
+            await asyncio.gather(*self._loading.values(), return_exceptions=True)
 
     def forget(self, sku: str) -> None:
         self.epoch += 1
@@ -84,9 +110,10 @@ class SoldOut:
             log.warning("restock channel not subscribed yet; sold-out SKUs go to Redis until it is")
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [*self._loading.values(), *([self._task] if self._task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch(self) -> None:
         # A client of its own: the shared one times reads out, and a subscription waits.

@@ -3,7 +3,9 @@
 -- KEYS[1]  events stream     KEYS[2]  expiry zset     KEYS[3]  warehouse version
 -- KEYS[4]  sale version      KEYS[5]  the ready marker
 -- KEYS[6..] per order, in batch order: the order hash, then (only for an order in a sale)
---          the sale hash and the user's counter in that sale, then one stock hash per line
+--          the sale hash and the user's counter in that sale, then one stock hash per line,
+--          then one holders zset per line (order ids whose record names the SKU, scored by
+--          the record's expiry: gateway/soldout.py lets those past a sold-out SKU's flag)
 -- ARGV[1]  seconds an order record (the idempotency record) lives
 -- ARGV[2]  JSON batch: {"p": [[wh, ...], ...],            preference lists, shared
 --                      "o": [[order_id, payload, ttl_ms, [[sku, qty, pref_index, price], ...],
@@ -136,7 +138,8 @@ for i = 1, #orders do
   local sale_key, counter_key = KEYS[k + 1], KEYS[k + 2]
   local first_stock = k + 1
   if in_sale then first_stock = k + 3 end
-  k = first_stock + #lines
+  local first_holders = first_stock + #lines
+  k = first_holders + #lines
 
   local seen = redis.call('HMGET', order_key, 'p', 'a', 'c', 'u', 's')
   local refusal, units, sale_ttl, sale_end = nil, 0, nil, nil
@@ -174,7 +177,13 @@ for i = 1, #orders do
       local c, u = string.format('%d', now), string.format('%d', until_ms)
       redis.call('HSET', order_key, 'p', payload, 'a', alloc, 'c', c, 'u', u,
         's', 'pending_payment', 'n', 1)
-      redis.call('EXPIRE', order_key, math.max(record_ttl, math.ceil(ttl_ms / 1000) + 3600))
+      local lives = math.max(record_ttl, math.ceil(ttl_ms / 1000) + 3600)
+      redis.call('EXPIRE', order_key, lives)
+      for j = 1, #lines do
+        local holders_key = KEYS[first_holders + j - 1]
+        redis.call('ZREMRANGEBYSCORE', holders_key, '-inf', now)
+        redis.call('ZADD', holders_key, now + lives * 1000, order_id)
+      end
       redis.call('ZADD', expiry_key, until_ms, order_id)
       if in_sale then
         redis.call('HINCRBY', counter_key, 'units', units)

@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 
 from gateway import appkeys as K
-from gateway.models import decode_order, encode
+from gateway.models import decode_order
 from tests.conftest import auth, order_body
 
 
@@ -51,7 +51,7 @@ async def test_close_answers_every_queued_order(make_gateway):
     futures = []
     for i in range(50):
         o = decode_order(f'{{"order_id":"q-{i}","user_id":"u","channel":"web","items":[{{"sku":"SKU-1","qty":1}}]}}'.encode())
-        futures.append(coalescer.submit(o, encode(o)))
+        futures.append(coalescer.submit(o))
     await coalescer.close()
     results = await asyncio.gather(*futures)
     assert [status for status, _ in results] == [201] * 50

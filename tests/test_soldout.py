@@ -1,17 +1,20 @@
-"""The sold-out fast path (gateway/soldout.py, lua/soldout.lua): after a SKU's last unit,
-new orders for it are refused without the reserve script, yet nothing the reserve script
-would accept is ever refused: replays get their order, and a restock, a cancellation or an
-activated warehouse sells again at once, also on another process."""
+"""The sold-out fast path (gateway/soldout.py): after a SKU's last unit, new orders for it
+are refused in the process, without Redis, yet nothing the reserve script would accept is
+refused once the process heard why: replays (also of orders taken on another process) get
+their order, and a restock, a cancellation or an activated warehouse sells again as soon as
+its message arrives, on every process; a lost subscription forgets every flag."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 from gateway import appkeys as K
 from gateway import keys
+from gateway.soldout import restocked
 from tests.conftest import auth, order_body
 
 OPS = auth("k-ops")
@@ -30,14 +33,32 @@ def fast(gw) -> int:
     return gw.app[K.COALESCER].sold_out_answers
 
 
+def memory(gw):
+    return gw.app[K.COALESCER].soldout
+
+
 async def sell_out(gw, sku: str = "SO-1", units: int = 2) -> None:
-    """Sell every unit, then have one order refused by the reserve script: the SKU is remembered."""
+    """Sell every unit, then have one order refused by the reserve script: the SKU is remembered
+    once its holders are read."""
     await gw.set_stock(sku, {"W1": units})
     for n in range(units):
         assert (await buy(gw, f"{sku}-won-{n}", sku))[0] == 201
     status, problem = await buy(gw, f"{sku}-first-refusal", sku)
     assert (status, problem["code"]) == (409, "insufficient_stock")
-    assert gw.app[K.COALESCER].soldout.remembers(sku)
+    await memory(gw).loaded()
+    assert memory(gw).holders(sku) == {f"{sku}-won-{n}" for n in range(units)}
+
+
+async def heard(action: Awaitable[Any], *gws) -> Any:
+    """Run ``action``, then wait until every process has read one restock message after it:
+    messages arrive in order, so whatever ``action`` published has been heard."""
+    result = await action
+    for gw in gws:
+        memory(gw).forgot.clear()
+    await restocked(gws[0].app[K.SCRIPTS].redis, "-")  # no such SKU: a marker
+    for gw in gws:
+        await asyncio.wait_for(memory(gw).forgot.wait(), 5)
+    return result
 
 
 async def test_orders_after_the_last_unit_are_refused_by_the_fast_path_and_reserve_nothing(gw, redis):
@@ -60,7 +81,8 @@ async def test_a_replay_of_an_order_accepted_before_the_sell_out_gets_its_order_
     status, first = await buy(gw, "lucky")
     assert status == 201
     assert (await buy(gw, "unlucky"))[0] == 409
-    assert gw.app[K.COALESCER].soldout.remembers("SO-1")
+    await memory(gw).loaded()
+    assert memory(gw).remembers("SO-1")
     before = fast(gw)
     status, again = await buy(gw, "lucky")
     assert (status, again) == (200, first)
@@ -69,29 +91,52 @@ async def test_a_replay_of_an_order_accepted_before_the_sell_out_gets_its_order_
     assert fast(gw) == before  # neither was refused as sold out
 
 
-async def test_a_restock_on_another_process_sells_again_at_once(make_gateway):
+async def test_a_restock_on_another_process_sells_again_once_its_message_arrives(make_gateway):
     a, b = await make_gateway(), await make_gateway()
     await sell_out(b)
-    resp = await a.client.post("/v1/inventory/SO-1/adjust", json={"warehouse": "W1", "delta": 3, "reason": "receipt"},
-                               headers=OPS)
+    resp = await heard(a.client.post("/v1/inventory/SO-1/adjust",
+                                     json={"warehouse": "W1", "delta": 3, "reason": "receipt"}, headers=OPS), b)
     assert resp.status == 200
-    # no waiting for the restock message: whatever B remembers, lua/soldout.lua sees the units
     statuses = [(await buy(b, f"after-{n}"))[0] for n in range(4)]
     assert statuses == [201, 201, 201, 409]
 
 
-async def test_units_that_came_back_without_a_restock_message_still_sell(gw, redis):
-    """A lost message (a dropped subscription) must not strand units: the flag only picks the
-    road, and lua/soldout.lua reads the stock itself."""
+async def test_a_replay_on_another_process_of_an_order_taken_before_the_sell_out_gets_its_order(make_gateway):
+    """B never saw the order: it knows it from the SKU's holders in Redis."""
+    a, b = await make_gateway(), await make_gateway()
+    await a.set_stock("SO-1", {"W1": 1})
+    status, first = await buy(a, "lucky-on-a")
+    assert status == 201
+    assert (await buy(b, "refused-on-b"))[0] == 409
+    await memory(b).loaded()
+    assert memory(b).remembers("SO-1")
+    assert (await buy(b, "lucky-on-a")) == (200, first)
+    assert (await buy(b, "another-on-b"))[0] == 409
+
+
+async def test_units_that_came_back_without_a_restock_message_sell_once_the_flag_lapses(gw, redis):
+    """A lost message costs at most ``ttl`` seconds of refusals, never stranded units."""
+    memory(gw).ttl = 0.5
     await sell_out(gw)
     await redis.hincrby(keys.stock("SO-1"), "W1", 1)  # no publish: as if the message was lost
-    assert gw.app[K.COALESCER].soldout.remembers("SO-1")
+    await asyncio.sleep(0.6)  # the lapse is a time, there is no event to await
+    assert not memory(gw).remembers("SO-1")
     assert (await buy(gw, "still-sells"))[0] == 201
+
+
+async def test_holders_that_outlived_their_record_are_trimmed(gw, redis):
+    await redis.zadd(keys.holders("SO-1"), {"long-gone": 1})
+    await sell_out(gw)
+    assert await redis.zscore(keys.holders("SO-1"), "long-gone") is None
+    lives = await redis.ttl(keys.order("SO-1-won-0"))
+    score = await redis.zscore(keys.holders("SO-1"), "SO-1-won-0")
+    assert abs(score / 1000 - (await redis.time())[0] - lives) < 5
 
 
 async def test_a_cancelled_order_gives_its_unit_to_the_next_buyer(gw):
     await sell_out(gw, units=1)
-    resp = await gw.client.post("/v1/orders/SO-1-won-0/cancel", json={"reason": "customer"}, headers=OPS)
+    resp = await heard(gw.client.post("/v1/orders/SO-1-won-0/cancel", json={"reason": "customer"}, headers=OPS),
+                       gw)
     assert resp.status == 200, await resp.text()
     assert (await buy(gw, "next-buyer"))[0] == 201
     assert (await buy(gw, "one-too-many"))[0] == 409
@@ -116,18 +161,30 @@ async def test_a_warehouse_activated_on_another_process_is_sold_from(make_gatewa
     assert resp.status in (200, 201), await resp.text()
     await a.set_stock("SO-1", {"W9": 2})
     await sell_out(b, units=1)  # W1: 1 unit, W9 inactive
-    resp = await a.client.put("/v1/warehouses/W9", json={"priority": 5, "active": True}, headers=OPS)
+    resp = await heard(a.client.put("/v1/warehouses/W9", json={"priority": 5, "active": True}, headers=OPS), b)
     assert resp.status == 200
     status, order = await buy(b, "from-w9")
     assert status == 201, order
     assert order["allocations"] == [{"sku": "SO-1", "warehouse": "W9", "qty": 1}]
 
 
-async def test_redis_without_its_data_answers_503_not_sold_out(gw, redis):
+async def test_redis_restarted_without_its_data_answers_503_not_sold_out(gw, redis):
+    """A restart drops every subscription, and a process that lost its subscription forgets
+    every flag: what it remembered came from the Redis that is gone."""
     await sell_out(gw)
+    memory(gw).forgot.clear()
     await redis.delete(keys.ready())
+    await redis.client_kill_filter(_type="pubsub")
+    await asyncio.wait_for(memory(gw).forgot.wait(), 5)
+    assert not memory(gw).remembers("SO-1")
     status, problem = await buy(gw, "during-loss")
     assert (status, problem["code"]) == (503, "not_ready")
+
+
+async def test_a_rebuild_makes_every_process_forget_before_it_starts(gw, redis):
+    await sell_out(gw)
+    await heard(restocked(redis), gw)  # what gateway/rebuild.py publishes once the marker is gone
+    assert not memory(gw).remembers("SO-1")
 
 
 async def test_an_order_with_a_sold_out_line_takes_nothing_from_its_other_lines(gw):
@@ -154,7 +211,8 @@ async def test_buyers_racing_restocks_on_two_processes_oversell_nothing_and_stra
                                        json={"warehouse": "W1", "delta": 10, "reason": "receipt"}, headers=OPS)
             assert resp.status == 200
 
-    results = await asyncio.gather(*(buy(a if n % 2 else b, f"rush-{n}") for n in range(200)), restock())
+    results = await heard(asyncio.gather(*(buy(a if n % 2 else b, f"rush-{n}") for n in range(200)), restock()),
+                          a, b)
     statuses = Counter(status for status, _ in results[:-1])
     assert statuses[201] + statuses[409] == 200
     stock = await a.stock("SO-1")
