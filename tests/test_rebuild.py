@@ -197,9 +197,10 @@ async def keyspace(redis) -> dict[bytes, object]:
             continue
         read = {"hash": redis.hgetall, "zset": lambda k: redis.zrange(k, 0, -1, withscores=True),
                 "set": redis.smembers, "string": redis.get}[kind]
+        content = await read(key)
         if key.startswith(keys.holders("").encode()):
-            read = lambda k: redis.zrange(k, 0, -1)  # noqa: E731
-        dump[key] = (await read(key), await redis.ttl(key) > 0)
+            content = sorted(member for member, _ in content)
+        dump[key] = (content, await redis.ttl(key) > 0)
     return dump
 
 
