@@ -52,8 +52,8 @@ def edge(handler: Handler) -> Handler:
         except GatewayError as err:
             # A refusal the coalescer settled on a future comes back as the future's exception
             # while the handler's frame still holds that future: exception -> traceback ->
-            # frame -> future -> exception is a cycle only the collector frees. Every sold-out
-            # 409 left ~24 such objects: a 30 ms collection each 2,000 refusals.
+            # frame -> future -> exception is a cycle only the collector frees. Each refused
+            # order left ~24 such objects: a 30 ms collection each 2,000 refusals.
             err.__traceback__ = None
             return problem_response(err)
         except web.HTTPRequestEntityTooLarge:

@@ -223,14 +223,14 @@ async def test_buyers_racing_restocks_on_two_processes_oversell_nothing_and_stra
 
 async def test_refusals_leave_no_reference_cycles_for_the_collector(gw):
     """A 409 must be freed by reference counting: cyclic garbage is freed only by a collection,
-    which paused a worker ~30 ms per 2,000 sold-out answers (an exception held by a future
-    held by the frame its traceback names)."""
-    await sell_out(gw)
+    which paused a worker ~30 ms per 2,000 refusals (the reserve script's refusal, set on a
+    future the handler's frame holds, raised there: exception -> traceback -> frame -> future)."""
+    await gw.set_stock("SO-1", {"W1": 5})
     gc.collect()
     gc.disable()
     try:
-        for n in range(50):
-            assert (await buy(gw, f"cycle-{n}"))[0] == 409
+        for n in range(50):  # 10 of 5 units: refused by the reserve script, and not sold out
+            assert (await buy(gw, f"cycle-{n}", qty=10))[0] == 409
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
         left = Counter(type(o).__name__ for o in gc.garbage)
@@ -238,5 +238,6 @@ async def test_refusals_leave_no_reference_cycles_for_the_collector(gw):
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+    assert not memory(gw).remembers("SO-1")
     assert left["InsufficientStock"] == 0, left.most_common(10)
     assert left["frame"] < 10, left.most_common(10)
