@@ -36,10 +36,13 @@ async def restocked(client: aioredis.Redis, sku: str = "*") -> None:
 
 
 class SoldOut:
-    def __init__(self, redis_url: str, redis: aioredis.Redis, ttl: float = 1.0) -> None:
+    def __init__(self, redis_url: str, redis: aioredis.Redis, ttl: float = 1.0, limit: int = 50_000) -> None:
         self.redis_url = redis_url
         self.redis = redis  # the shared client, for reading holders
         self.ttl = ttl
+        # A SKU with more holders than this (a long seller, not a flash sale) is not
+        # remembered: reading its holders every ``ttl`` would cost more than it saves.
+        self.limit = limit
         self.epoch = 0  # bumped by every restock message: a reply sent before it proves nothing
         self.listening = False
         self._skus: dict[str, tuple[float, frozenset[str]]] = {}  # sku -> (until, holders)
@@ -79,11 +82,12 @@ class SoldOut:
 
     async def _load(self, sku: str, epoch: int) -> None:
         try:
-            ids = await self.redis.zrangebyscore(keys.holders(sku), int(time.time() * 1000) - 60_000, "+inf")
+            ids = await self.redis.zrangebyscore(keys.holders(sku), int(time.time() * 1000) - 60_000, "+inf",
+                                                 start=0, num=self.limit + 1)
         except (RedisError, OSError) as exc:
             log.warning("holders of sold-out %s not read (%s); its orders go to Redis", sku, exc)
         else:
-            if self.listening and epoch == self.epoch:
+            if len(ids) <= self.limit and self.listening and epoch == self.epoch:
                 self._skus[sku] = (time.monotonic() + self.ttl, frozenset(i.decode() for i in ids))
         finally:
             del self._loading[sku]

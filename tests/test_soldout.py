@@ -124,6 +124,21 @@ async def test_units_that_came_back_without_a_restock_message_sell_once_the_flag
     assert (await buy(gw, "still-sells"))[0] == 201
 
 
+async def test_a_sku_with_more_holders_than_the_limit_is_not_remembered_but_still_refused(gw, redis):
+    """A long seller's holders are not read every second: its refusals stay with the reserve script."""
+    memory(gw).limit = 1
+    await gw.set_stock("SO-1", {"W1": 2})
+    for n in range(2):
+        assert (await buy(gw, f"long-{n}"))[0] == 201
+    before = fast(gw)
+    for n in range(3):
+        assert (await buy(gw, f"refused-{n}"))[0] == 409
+        await memory(gw).loaded()
+    assert not memory(gw).remembers("SO-1")
+    assert fast(gw) == before
+    assert not any([await redis.exists(keys.order(f"refused-{n}")) for n in range(3)])
+
+
 async def test_holders_that_outlived_their_record_are_trimmed(gw, redis):
     await redis.zadd(keys.holders("SO-1"), {"long-gone": 1})
     await sell_out(gw)
