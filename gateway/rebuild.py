@@ -205,7 +205,7 @@ async def _orders(
     redis: aioredis.Redis, conn: asyncpg.Connection, report: Progress, record_ttl: int
 ) -> tuple[int, int]:
     """Order records as ``orders.record_of`` builds them, TTLs as the scripts set; (orders, pending)."""
-    pending = 0
+    pending, now_ms = 0, int(time.time() * 1000)
     total, rows = await _rows(conn, ORDERS, list(HOLDING), record_ttl)
     out = _Pipe(redis, report, "orders", total)
     async for r in rows:
@@ -217,9 +217,8 @@ async def _orders(
             out.pipe.zadd(keys.expiry(), {r["order_id"]: r["until_ms"]})
             pending += 1
         out.pipe.expire(key, ttl)
-        lapses = int(time.time() * 1000) + ttl * 1000
         for item in decode_order(r["payload"].encode()).items:  # reserve.lua: the SKU's holders
-            out.pipe.zadd(keys.holders(item.sku), {r["order_id"]: lapses})
+            out.pipe.zadd(keys.holders(item.sku), {r["order_id"]: now_ms + ttl * 1000})
         await out.row_done()
     await out.flush()
     return total, pending
