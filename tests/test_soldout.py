@@ -76,13 +76,20 @@ async def test_orders_after_the_last_unit_are_refused_by_the_fast_path_and_reser
     assert (await resp.json())["sold_out_answers"] == fast(gw)
 
 
-async def test_a_replay_of_an_order_accepted_before_the_sell_out_gets_its_order_back(gw):
-    await gw.set_stock("SO-1", {"W1": 1})
-    status, first = await buy(gw, "lucky")
+async def won_before_the_sell_out(seller, refuser, order_id: str) -> dict[str, Any]:
+    """``seller`` takes the only unit for ``order_id``, then ``refuser`` refuses the next order
+    and remembers the SKU; returns the winning order."""
+    await seller.set_stock("SO-1", {"W1": 1})
+    status, won = await buy(seller, order_id)
     assert status == 201
-    assert (await buy(gw, "unlucky"))[0] == 409
-    await memory(gw).loaded()
-    assert memory(gw).remembers("SO-1")
+    assert (await buy(refuser, f"after-{order_id}"))[0] == 409
+    await memory(refuser).loaded()
+    assert memory(refuser).remembers("SO-1")
+    return won
+
+
+async def test_a_replay_of_an_order_accepted_before_the_sell_out_gets_its_order_back(gw):
+    first = await won_before_the_sell_out(gw, gw, "lucky")
     before = fast(gw)
     status, again = await buy(gw, "lucky")
     assert (status, again) == (200, first)
@@ -104,12 +111,7 @@ async def test_a_restock_on_another_process_sells_again_once_its_message_arrives
 async def test_a_replay_on_another_process_of_an_order_taken_before_the_sell_out_gets_its_order(make_gateway):
     """B never saw the order: it knows it from the SKU's holders in Redis."""
     a, b = await make_gateway(), await make_gateway()
-    await a.set_stock("SO-1", {"W1": 1})
-    status, first = await buy(a, "lucky-on-a")
-    assert status == 201
-    assert (await buy(b, "refused-on-b"))[0] == 409
-    await memory(b).loaded()
-    assert memory(b).remembers("SO-1")
+    first = await won_before_the_sell_out(a, b, "lucky-on-a")
     assert (await buy(b, "lucky-on-a")) == (200, first)
     assert (await buy(b, "another-on-b"))[0] == 409
 
