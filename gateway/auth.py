@@ -17,9 +17,11 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from gateway.config import MIN_JWT_SECRET, ApiKey
 from gateway.errors import Forbidden, Unauthorized
+from gateway.models import LATEST, UserId, valid
 
 log = logging.getLogger(__name__)
 CACHE_LIMIT = 200_000
+MAX_EXP = LATEST.timestamp()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,13 +69,17 @@ class Authenticator:
                 )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("Token expired", code="token_expired") from None
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, RecursionError):
+            # besides PyJWT's own: a claims object nested past the recursion limit, numbers
+            # too large for a float
             raise Unauthorized("Invalid key or token", code="invalid_token") from None
-        sub = claims["sub"]
-        if not isinstance(sub, str) or not sub:
+        sub, exp = claims["sub"], claims["exp"]
+        if not isinstance(sub, str) or not valid(sub, UserId):
             raise Unauthorized("Token 'sub' must be a user id", code="invalid_token")
+        if isinstance(exp, bool) or not isinstance(exp, int | float) or not exp < MAX_EXP:
+            raise Unauthorized("Token 'exp' must be a time before year 2200", code="invalid_token")
         principal = Principal("user", user_id=sub)
         if len(self._users) >= CACHE_LIMIT:
             self._users.clear()
-        self._users[token] = (principal, float(claims["exp"]))
+        self._users[token] = (principal, float(exp))
         return principal

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway import appkeys as K
 from gateway.errors import (
+    BadRequest,
     GatewayError,
     MethodNotAllowed,
     NotFound,
@@ -60,6 +61,10 @@ def edge(handler: Handler) -> Handler:
             return problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
         except web.HTTPException:
             raise
+        except ConnectionResetError:  # the client left mid-body: nobody to answer, nothing done
+            log.info("client left during %s %s", request.method, request.path)
+            return problem_response(BadRequest("The connection closed before the body arrived",
+                                               code="client_closed"))
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return problem_response(GatewayError("Internal error"))

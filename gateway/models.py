@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -15,13 +16,23 @@ from msgspec import Meta, Struct
 
 from gateway.errors import BadRequest, Invalid
 
-OrderId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
-Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
-WarehouseId = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
-UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
-SaleId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
-Region = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^|;,=]+$")]
-Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+# Patterns match the whole string: ``\Z``, not ``$``, which also matches before a trailing
+# newline ("nl-1\n" passed ``^...$``). Free text refuses C0 and C1 control characters and
+# DEL: a NUL cannot reach PostgreSQL (text refuses it) or a log line.
+ID_PATTERN = r"^[A-Za-z0-9._:-]+\Z"
+WAREHOUSE_PATTERN = r"^[A-Za-z0-9_.-]+\Z"
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+\Z"
+REGION_PATTERN = r"^[^|;,=\x00-\x1f\x7f-\x9f]+\Z"  # no separator of the warehouse encoding either
+
+OrderId = Annotated[str, Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
+Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
+WarehouseId = Annotated[str, Meta(min_length=1, max_length=32, pattern=WAREHOUSE_PATTERN)]
+UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=TEXT_PATTERN)]
+SaleId = Annotated[str, Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
+WebhookId = Annotated[str, Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
+PaymentId = Annotated[str, Meta(min_length=1, max_length=128, pattern=ID_PATTERN)]
+Region = Annotated[str, Meta(min_length=1, max_length=64, pattern=REGION_PATTERN)]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}\Z")]
 Channel = Literal["web", "app", "store", "api", "marketplace"]
 Qty = Annotated[int, Meta(ge=1, le=1000)]
 Money = Annotated[int, Meta(ge=0, le=10**12)]
@@ -72,11 +83,11 @@ class InventorySet(Struct, forbid_unknown_fields=True):
 class InventoryAdjust(Struct, forbid_unknown_fields=True):
     warehouse: WarehouseId
     delta: Annotated[int, Meta(ge=-(10**9), le=10**9)]
-    reason: Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z_]+$")]
+    reason: Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z_]+\Z")]
 
 
 class PaymentIn(Struct, forbid_unknown_fields=True):
-    payment_id: Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+    payment_id: PaymentId
     amount: Money
 
 
@@ -84,7 +95,7 @@ class CancelIn(Struct, forbid_unknown_fields=True):
     reason: Literal["customer", "ops", "payment_failed"]
 
 
-Note = Annotated[str, Meta(min_length=1, max_length=256)]
+Note = Annotated[str, Meta(min_length=1, max_length=256, pattern=TEXT_PATTERN)]
 
 
 class ShipIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -104,18 +115,43 @@ class WarehouseIn(Struct, forbid_unknown_fields=True):
 
 
 class WebhookIn(Struct, forbid_unknown_fields=True):
-    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    url: Annotated[str, Meta(min_length=1, max_length=2048, pattern=TEXT_PATTERN)]
     events: Annotated[list[EventType | Literal["*"]], Meta(min_length=1, max_length=20)]
-    secret: Annotated[str, Meta(min_length=16, max_length=256)]
+    secret: Annotated[str, Meta(min_length=16, max_length=256, pattern=TEXT_PATTERN)]
 
 
 T = TypeVar("T")
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 encode = msgspec.json.Encoder().encode
+MAX_DEPTH = 16  # a batch of orders nests 5 deep; msgspec recurses, and 1,000 levels exhausted it
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(rb"[\[\]{}]")
+# Times a sale or a filter may name: year 1 in UTC+14 is year 0, which Python cannot hold.
+EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+def check_depth(body: bytes) -> None:
+    """422 ``too_deep`` for JSON nested more than MAX_DEPTH levels, found before decoding.
+
+    Counting brackets costs two C-speed scans; only a body with more brackets than the
+    limit (a large order, a batch, an attack) is walked, outside its strings.
+    """
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return
+    depth = 0
+    for m in _BRACKETS.finditer(_STRINGS.sub(b'""', body)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise Invalid(f"JSON nests deeper than {MAX_DEPTH} levels", code="too_deep")
+        else:
+            depth -= 1
 
 
 def decode(body: bytes, type_: type[T]) -> T:
     """Decode and validate ``body``: 400 for malformed JSON, 422 (with the path) otherwise."""
+    check_depth(body)
     decoder = _decoders.get(type_)
     if decoder is None:
         decoder = _decoders[type_] = msgspec.json.Decoder(type_)
@@ -125,6 +161,24 @@ def decode(body: bytes, type_: type[T]) -> T:
         raise Invalid(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"Body is not valid JSON: {exc}", code="malformed_json") from None
+
+
+def valid(value: str, type_: Any) -> bool:
+    """Whether a path or query value meets the constraints of a body field's type."""
+    try:
+        msgspec.convert(value, type_)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def sane_time(t: dt.datetime, name: str) -> dt.datetime:
+    """``t`` in UTC; 422 without a time zone or outside 2000..2200."""
+    if t.tzinfo is None:
+        raise Invalid(f"{name} needs a time zone (RFC 3339)", code="invalid_time")
+    if not EARLIEST <= t < LATEST:
+        raise Invalid(f"{name} must fall in {EARLIEST.year}..{LATEST.year - 1}", code="invalid_time")
+    return t.astimezone(dt.UTC)
 
 
 def decode_order(body: bytes) -> OrderIn:

@@ -7,7 +7,7 @@ import base64
 import datetime as dt
 import os
 import re
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -22,26 +22,34 @@ from gateway.errors import Forbidden, GatewayError, Invalid, NotFound
 from gateway.inventory import change_stock, plan_allocation, put_warehouse, stock_view
 from gateway.lifecycle import STATUSES
 from gateway.models import (
+    EARLIEST,
+    LATEST,
     BatchIn,
     CancelIn,
+    Channel,
     InventoryAdjust,
     InventorySet,
     NoteIn,
+    OrderId,
     OrderIn,
     PaymentIn,
     PlanIn,
+    SaleId,
     ShipIn,
+    Sku,
+    UserId,
+    WarehouseId,
     WarehouseIn,
     decode,
     decode_order,
+    sane_time,
+    valid,
 )
 from gateway.orders import ORDER_SELECT, change, load_order, may_read, row_view
 from gateway.sales import SaleIn, put_sale, sale_view
 from gateway.stockwatch import forecast
 
-ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-SKU = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-WAREHOUSE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def json(data: Any, status: int = 200) -> web.Response:
@@ -52,10 +60,11 @@ def principal(request: web.Request) -> Principal:
     return request.app[K.AUTH].authenticate(request.headers.get("Authorization"))
 
 
-def path_id(request: web.Request, name: str, pattern: re.Pattern[str]) -> str:
+def path_id(request: web.Request, name: str, type_: Any) -> str:
+    """A path segment that meets its body field's constraints (models.py), else 422."""
     value = request.match_info[name]
-    if not pattern.match(value):
-        raise Invalid(f"{name} {value!r} is malformed", code=f"invalid_{name}")
+    if not valid(value, type_):
+        raise Invalid(f"{name} is malformed", code=f"invalid_{name}")
     return value
 
 
@@ -133,7 +142,7 @@ async def get_order(request: web.Request) -> web.Response:
 
 def order_id_of(request: web.Request) -> str:
     order_id = request.match_info["order_id"]
-    if not ID.match(order_id):
+    if not valid(order_id, OrderId):
         raise NotFound("No such order")
     return order_id
 
@@ -186,9 +195,11 @@ def _cursor(created_ms: int, order_id: str) -> str:
 def _parse_cursor(raw: str) -> tuple[dt.datetime, str]:
     try:
         ms, _, order_id = base64.urlsafe_b64decode(raw.encode()).decode().partition("|")
-        return dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC), order_id
-    except (ValueError, OverflowError, OSError):  # OverflowError, OSError: a time out of range
-        raise Invalid("cursor is malformed; pass back the 'next' value", code="invalid_cursor") from None
+        if DIGITS.fullmatch(ms) and valid(order_id, OrderId):
+            return sane_time(dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC), "cursor"), order_id
+    except (ValueError, OverflowError, OSError, Invalid):  # OverflowError, OSError: a time out of range
+        pass
+    raise Invalid("cursor is malformed; pass back the 'next' value", code="invalid_cursor")
 
 
 def _time_param(q: Any, name: str) -> dt.datetime | None:
@@ -197,9 +208,13 @@ def _time_param(q: Any, name: str) -> dt.datetime | None:
         return None
     try:
         t = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
-    except (ValueError, OverflowError):
-        raise Invalid(f"{name} must be an RFC 3339 time", code=f"invalid_{name}") from None
+        return sane_time(t if t.tzinfo else t.replace(tzinfo=dt.UTC), name)
+    except (ValueError, OverflowError, Invalid):
+        raise Invalid(f"{name} must be an RFC 3339 time in {EARLIEST.year}..{LATEST.year - 1}",
+                      code=f"invalid_{name}") from None
+
+
+FILTERS: dict[str, Any] = {"user_id": UserId, "status": Literal[STATUSES], "channel": Channel, "sale_id": SaleId}
 
 
 async def list_orders(request: web.Request) -> web.Response:
@@ -208,15 +223,14 @@ async def list_orders(request: web.Request) -> web.Response:
     if who.role not in ("user", "storefront"):
         who.require("ops")
     q = request.query
-    try:
-        limit = int(q.get("limit", "50"))
-    except ValueError:
-        limit = 0
+    raw_limit = q.get("limit", "50")
+    limit = int(raw_limit) if DIGITS.fullmatch(raw_limit) else 0
     if not 1 <= limit <= LIST_LIMIT:
         raise Invalid(f"limit must be 1..{LIST_LIMIT}", code="invalid_limit")
-    if "status" in q and q["status"] not in STATUSES:
-        raise Invalid(f"status must be one of {', '.join(STATUSES)}", code="invalid_status")
-    filters = {k: q[k] for k in ("user_id", "status", "channel", "sale_id") if k in q}
+    filters = {k: q[k] for k in FILTERS if k in q}
+    for name, value in filters.items():
+        if not valid(value, FILTERS[name]):
+            raise Invalid(f"{name} is malformed", code=f"invalid_{name}")
     if who.role == "user":
         if filters.setdefault("user_id", who.user_id) != who.user_id:
             return json({"orders": [], "next": None})
@@ -247,7 +261,7 @@ async def list_orders(request: web.Request) -> web.Response:
 
 async def get_inventory(request: web.Request) -> web.Response:
     principal(request).require("ops")
-    sku = path_id(request, "sku", SKU)
+    sku = path_id(request, "sku", Sku)
     return json(await with_forecast(request.app, stock_view(sku, await request.app[K.REDIS].hgetall(keys.stock(sku)))))
 
 
@@ -287,7 +301,7 @@ async def stats(request: web.Request) -> web.Response:
 
 async def put_inventory(request: web.Request) -> web.Response:
     principal(request).require("ops")
-    sku = path_id(request, "sku", SKU)
+    sku = path_id(request, "sku", Sku)
     body = decode(await request.read(), InventorySet)
     view = await change_stock(request.app[K.SCRIPTS], request.app[K.WAREHOUSES], sku, "set", "set",
                               body.warehouses)
@@ -296,7 +310,7 @@ async def put_inventory(request: web.Request) -> web.Response:
 
 async def adjust_inventory(request: web.Request) -> web.Response:
     principal(request).require("ops")
-    sku = path_id(request, "sku", SKU)
+    sku = path_id(request, "sku", Sku)
     body = decode(await request.read(), InventoryAdjust)
     if body.delta == 0:
         raise Invalid("delta must not be 0", code="invalid_delta")
@@ -307,7 +321,7 @@ async def adjust_inventory(request: web.Request) -> web.Response:
 
 async def put_warehouse_route(request: web.Request) -> web.Response:
     principal(request).require("ops")
-    wid = path_id(request, "warehouse_id", WAREHOUSE)
+    wid = path_id(request, "warehouse_id", WarehouseId)
     body = decode(await request.read(), WarehouseIn)
     app = request.app
     created, view = await put_warehouse(app[K.PG], app[K.REDIS], app[K.WAREHOUSES], wid, body)
@@ -316,7 +330,7 @@ async def put_warehouse_route(request: web.Request) -> web.Response:
 
 async def put_sale_route(request: web.Request) -> web.Response:
     principal(request).require("ops")
-    sale_id = path_id(request, "sale_id", ID)
+    sale_id = path_id(request, "sale_id", SaleId)
     body = decode(await request.read(), SaleIn)
     created = await put_sale(request.app[K.PG], request.app[K.REDIS], sale_id, body)
     await request.app[K.SALES].load()
@@ -326,7 +340,7 @@ async def put_sale_route(request: web.Request) -> web.Response:
 
 async def get_sale(request: web.Request) -> web.Response:
     principal(request).require("ops")
-    view = await sale_view(request.app[K.REDIS], path_id(request, "sale_id", ID))
+    view = await sale_view(request.app[K.REDIS], path_id(request, "sale_id", SaleId))
     if view is None:
         raise NotFound("No such sale")
     return json(view)

@@ -20,7 +20,7 @@ from msgspec import Meta, Struct
 
 from gateway import keys
 from gateway.errors import Invalid, PriceMismatch, SaleNotActive
-from gateway.models import Channel, Currency, Money, OrderIn, Sku, iso_ms
+from gateway.models import Channel, Currency, Money, OrderIn, Sku, iso_ms, sane_time
 
 
 class SaleIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -28,7 +28,7 @@ class SaleIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
     starts_at: dt.datetime
     ends_at: dt.datetime
     per_user_limit: Annotated[int, Meta(ge=1, le=1_000_000)]
-    channels: Annotated[list[Channel], Meta(min_length=1)] | None = None
+    channels: Annotated[list[Channel], Meta(min_length=1, max_length=5)] | None = None
     reservation_ttl: Annotated[int, Meta(ge=1, le=7 * 86400)] | None = None
     strategy: Literal["priority", "region", "max_stock"] | None = None
     prices: dict[Sku, Money] | None = None
@@ -36,9 +36,7 @@ class SaleIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 def _ms(t: dt.datetime) -> int:
-    if t.tzinfo is None:
-        raise Invalid("starts_at and ends_at need a time zone (RFC 3339)", code="invalid_time")
-    return int(t.timestamp() * 1000)
+    return int(sane_time(t, "starts_at and ends_at").timestamp() * 1000)
 
 
 def rules(sale: SaleIn) -> dict[str, str]:

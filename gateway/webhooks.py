@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import hmac
 import logging
-import re
 import time
 from typing import Any
 
@@ -33,12 +32,11 @@ from gateway import appkeys as K
 from gateway import feed
 from gateway.edge import edge
 from gateway.errors import Forbidden, Invalid, NotFound
-from gateway.models import WebhookIn, decode, iso_ms
+from gateway.models import WebhookId, WebhookIn, decode, iso_ms
 from gateway.routes import json, path_id, principal
 
 log = logging.getLogger(__name__)
 LOCK_CLASS = 0x6F6D77  # two-key advisory locks: a space apart from the one-key locks in db and writer
-WEBHOOK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 VIEW = """webhook_id, url, events, last_event_id,
           (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
           (extract(epoch FROM updated_at) * 1000)::bigint AS updated_ms"""
@@ -93,7 +91,7 @@ def checked_url(raw: str) -> str:
 async def put_webhook(request: web.Request) -> web.Response:
     """Create (201) or replace (200); a new webhook starts after the newest event, not at the first."""
     admin_only(request)
-    webhook_id = path_id(request, "webhook_id", WEBHOOK_ID)
+    webhook_id = path_id(request, "webhook_id", WebhookId)
     body = decode(await request.read(), WebhookIn)
     url = checked_url(body.url)
     events = ["*"] if "*" in body.events else sorted(set(body.events))
@@ -117,7 +115,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 async def delete_webhook(request: web.Request) -> web.Response:
     admin_only(request)
-    webhook_id = path_id(request, "webhook_id", WEBHOOK_ID)
+    webhook_id = path_id(request, "webhook_id", WebhookId)
     if await request.app[K.PG].fetchval(
         "DELETE FROM webhooks WHERE webhook_id = $1 RETURNING true", webhook_id
     ) is None:

@@ -126,10 +126,10 @@ BAD_ORDERS = [
     pytest.param(dump([orjson.loads(VALID)]), 422, "invalid", id="body_json_array"),
     pytest.param(b"null", 422, "invalid", id="body_json_null"),
     pytest.param(b'"order"', 422, "invalid", id="body_json_string"),
-    pytest.param(b"[" * DEEP + b"]" * DEEP, 422, "invalid", id="deeply_nested_arrays"),
-    pytest.param(b'{"junk":' * DEEP, 422, "invalid", id="deeply_nested_unterminated_objects"),
+    pytest.param(b"[" * DEEP + b"]" * DEEP, 422, "too_deep", id="deeply_nested_arrays"),
+    pytest.param(b'{"junk":' * DEEP, 422, "too_deep", id="deeply_nested_unterminated_objects"),
     pytest.param(VALID.replace(b'"items":[', b'"items":[' + b"[" * DEEP).replace(b"]", b"]" * (DEEP + 1), 1),
-                 422, "invalid", id="deeply_nested_items"),
+                 422, "too_deep", id="deeply_nested_items"),
 ]
 
 

@@ -101,10 +101,15 @@ async def serve(backends: Backends, redis, pg, tmp_path) -> AsyncIterator[tuple[
             os.kill(pid, signal.SIGKILL)
 
 
-async def workers_answering(base: str, want: int, tries: int = 200) -> set[int]:
-    """The worker pids seen over new connections (the kernel spreads them by hash)."""
+async def workers_answering(base: str, want: int, timeout: float = 30.0) -> set[int]:
+    """The worker pids seen over new connections (the kernel spreads them by hash).
+
+    Asks until ``want`` answered or ``timeout`` passed: a worker still starting is not
+    listening yet, and every connection goes to the ones that are.
+    """
     seen: set[int] = set()
-    for _ in range(tries):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             async with http.get(base + "/healthz") as resp:
                 seen.add((await resp.json())["worker"])
