@@ -1,4 +1,4 @@
-"""``python -m gateway``: serve, http, writer, migrate, audit verify, reconcile, rebuild-redis."""
+"""``python -m gateway``: serve, http, writer, migrate, audit verify, reconcile, rebuild-redis, quarantine."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from gateway import db, rebuild, reconciler
+from gateway import db, quarantine, rebuild, reconciler
 from gateway.app import create_app
 from gateway.audit import verify
 from gateway.config import ConfigError, Settings
@@ -202,6 +202,24 @@ def rebuild_redis(settings: Settings, force: bool) -> int:
     return 0
 
 
+def quarantine_command(settings: Settings, action: str, ids: list[int] | None) -> int:
+    """List the quarantined stream entries, or replay them; exit 1 when any stays refused."""
+    async def run(url: str) -> dict[str, object]:
+        pool = await db.create_pool(url)
+        try:
+            if action == "list":
+                return {"entries": await quarantine.open_entries(pool)}
+            return await quarantine.replay(pool, ids)
+        finally:
+            await pool.close()
+
+    with backends(settings) as settings:
+        assert settings.database_url
+        result = asyncio.run(run(settings.database_url))
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 1 if result.get("refused") else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Flash-sale order gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -216,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     reconcile_cmd.add_argument("--repair", action="store_true", help="rewrite drifted Redis stock from PostgreSQL")
     rebuild_cmd = sub.add_parser("rebuild-redis", help="restore Redis from PostgreSQL after it lost its data")
     rebuild_cmd.add_argument("--force", action="store_true", help="rebuild even though Redis is in service")
+    quarantine_cmd = sub.add_parser("quarantine", help="stream entries PostgreSQL refused: list them, "
+                                    "or replay them after a fix")
+    quarantine_cmd.add_argument("action", choices=["list", "replay"])
+    quarantine_cmd.add_argument("--id", type=int, action="append", dest="ids",
+                                help="replay only this entry (repeatable); default: every open one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -224,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             return audit(settings, args.action)
         if args.command == "reconcile":
             return reconcile(settings, args.repair)
+        if args.command == "quarantine":
+            return quarantine_command(settings, args.action, args.ids)
         if args.command == "rebuild-redis":
             return rebuild_redis(settings, args.force)
         return {"serve": serve, "http": http, "writer": writer, "migrate": migrate}[args.command](settings)

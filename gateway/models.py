@@ -38,7 +38,8 @@ Qty = Annotated[int, Meta(ge=1, le=1000)]
 Money = Annotated[int, Meta(ge=0, le=10**12)]
 Stock = Annotated[int, Meta(ge=0, le=10**9)]
 EventType = Literal["order.accepted", "order.paid", "order.shipped", "order.completed", "order.cancelled",
-                    "order.refunding", "order.refunded", "inventory.low_stock", "inventory.sold_out"]
+                    "order.refunding", "order.refunded", "inventory.low_stock", "inventory.sold_out",
+                    "writer.quarantined"]
 
 
 class Item(Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import appkeys as K
-from gateway import keys
+from gateway import keys, quarantine
 from gateway.edge import edge
 from gateway.errors import Forbidden, NotReady
 from gateway.routes import json, principal
@@ -95,7 +95,8 @@ async def reconcile(redis: aioredis.Redis, pool: asyncpg.Pool, wait: float = 5.0
     """Compare every SKU and warehouse either store knows; ``lagging`` when no quiet moment came in ``wait`` s.
 
     ``ok`` is false on any drift or on a conservation violation in either store (Redis: a
-    negative field; PostgreSQL: more reserved than on hand). Redis stores no on hand, so
+    negative field; PostgreSQL: more reserved than on hand), and while stream entries wait
+    in the quarantine (``quarantined`` names them and their orders): PostgreSQL lacks them. Redis stores no on hand, so
     on hand = available + reserved holds there by construction.
     """
     loop = asyncio.get_running_loop()
@@ -122,8 +123,10 @@ async def reconcile(redis: aioredis.Redis, pool: asyncpg.Pool, wait: float = 5.0
             conservation.append({"sku": sku, "warehouse": wh, "store": "redis", **r})
         if p["available"] < 0:
             conservation.append({"sku": sku, "warehouse": wh, "store": "postgres", **p})
-    return {"ok": not drift and not conservation, "lagging": not quiet, "checked": len(pairs),
-            "drift": drift, "conservation": conservation}
+    held = [{k: e[k] for k in ("id", "stream_id", "type", "order_id", "error")}
+            for e in await quarantine.open_entries(pool)]
+    return {"ok": not drift and not conservation and not held, "lagging": not quiet, "checked": len(pairs),
+            "drift": drift, "conservation": conservation, "quarantined": held}
 
 
 REPAIR_REFUSALS = {0: "changed_meanwhile", 2: "postgres_negative_available"}
@@ -144,7 +147,8 @@ async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wa
     repaired, refused = [], []
     for sku, group in itertools.groupby(report["drift"], key=lambda d: d["sku"]):
         entries = list(group)
-        reason = "lagging" if report["lagging"] else None
+        # a quarantined order holds Redis stock that PostgreSQL does not know yet: replay it first
+        reason = "lagging" if report["lagging"] else "quarantined" if report["quarantined"] else None
         if reason is None:
             args: list[Any] = []
             for d in entries:

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from gateway import appkeys as K
-from gateway import keys
+from gateway import keys, quarantine
 from gateway.auth import Principal
 from gateway.coalescer import Result
 from gateway.edge import edge
@@ -295,6 +295,7 @@ async def stats(request: web.Request) -> web.Response:
         "stream_length": await app[K.REDIS].xlen(keys.events()),
         # the writers run in other processes: their progress is read from the consumer group
         "writer_pending": group.get("pending"), "writer_lag": group.get("lag"),
+        "quarantined": await quarantine.count(app[K.PG]),
         "window_seconds": window, "skus": views,
     })
 

@@ -77,7 +77,7 @@ async def test_mixed_workload_reconciles_without_drift(traffic, redis, pg):
     # paid r-3 (8) and pending r-5 (1) hold stock; shipped, cancelled and refunding orders do not
     assert sum(w["reserved"] for w in traffic["SKU-A"].values()) == 9
     report = await reconcile(redis, pg)
-    assert report == {"ok": True, "lagging": False, "checked": 3, "drift": [], "conservation": []}
+    assert report == {"ok": True, "lagging": False, "checked": 3, "drift": [], "conservation": [], "quarantined": []}
 
 
 async def test_order_landing_between_the_two_reads_is_not_taken_for_drift(gw, redis, pg):
@@ -92,7 +92,7 @@ async def test_order_landing_between_the_two_reads_is_not_taken_for_drift(gw, re
             await asyncio.sleep(0.01)
         await ok(await gw.post("/v1/orders", order_body("between")))
     report = await check
-    assert report == {"ok": True, "lagging": False, "checked": 1, "drift": [], "conservation": []}
+    assert report == {"ok": True, "lagging": False, "checked": 1, "drift": [], "conservation": [], "quarantined": []}
     assert (await gw.stock("SKU-1"))["reserved"] == 1
 
 
@@ -110,7 +110,8 @@ async def test_hand_made_drift_is_found_with_its_numbers_and_repaired(traffic, g
         {"sku": "SKU-A", "warehouse": "W9", "redis": view(4, 0), "postgres": view(0, 0)},
         {"sku": "SKU-B", "warehouse": "W1", "redis": view(0, 0), "postgres": b["W1"]},
     ]
-    assert report == {"ok": False, "lagging": False, "checked": 4, "drift": expected, "conservation": []}
+    assert report == {"ok": False, "lagging": False, "checked": 4, "drift": expected, "conservation": [],
+                      "quarantined": []}
 
     fixed = await repair(redis, pg, gw.app[K.SCRIPTS])
     assert fixed == {"ok": True, "lagging": False, "refused": [], "repaired": [
@@ -206,7 +207,7 @@ async def test_reconciliation_endpoints_are_for_ops_and_repair_for_admin(gw, hea
     got = await gw.client.get("/v1/reconciliation", headers=headers)
     assert got.status == get_status
     if get_status == 200:
-        assert await got.json() == {"ok": True, "lagging": False, "checked": 1, "drift": [], "conservation": []}
+        assert await got.json() == {"ok": True, "lagging": False, "checked": 1, "drift": [], "conservation": [], "quarantined": []}
     fixed = await gw.client.post("/v1/reconciliation/repair", headers=headers)
     assert fixed.status == repair_status
     if repair_status == 200:
@@ -214,7 +215,7 @@ async def test_reconciliation_endpoints_are_for_ops_and_repair_for_admin(gw, hea
 
 
 async def test_cli_exits_1_on_drift_and_repair_makes_it_exit_0(traffic, backends, redis):
-    assert await cli(backends) == (0, {"ok": True, "lagging": False, "checked": 3, "drift": [], "conservation": []})
+    assert await cli(backends) == (0, {"ok": True, "lagging": False, "checked": 3, "drift": [], "conservation": [], "quarantined": []})
     await redis.hincrby(keys.stock("SKU-B"), "W1", 7)
     code, report = await cli(backends)
     assert code == 1
