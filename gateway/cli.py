@@ -34,7 +34,12 @@ log = logging.getLogger("gateway")
 
 @contextlib.contextmanager
 def backends(settings: Settings) -> Iterator[Settings]:
-    """Settings with both URLs filled, starting embedded servers for the missing ones."""
+    """Settings with both URLs filled from embedded servers for the missing ones.
+
+    An embedded server already running under the data directory (``serve``'s, beside which
+    maintenance commands run) is used and left running; one this process started is stopped
+    on the way out.
+    """
     started: list[EmbeddedValkey | EmbeddedPostgres] = []
     try:
         if not settings.redis_url:
@@ -51,7 +56,11 @@ def backends(settings: Settings) -> Iterator[Settings]:
         yield settings
     finally:
         for server in reversed(started):
-            log.info("stopping embedded %s", type(server).__name__.removeprefix("Embedded"))
+            name = type(server).__name__.removeprefix("Embedded")
+            if server.started:
+                log.info("stopping embedded %s", name)
+            else:
+                log.info("leaving embedded %s running: another process started it", name)
             server.stop()
 
 
