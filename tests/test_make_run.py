@@ -60,6 +60,7 @@ def test_make_run_from_fresh_clone_serves_ready_and_stops_cleanly(tmp_path):
         code = proc.wait(timeout=60)
     output = (tmp_path / "run.log").read_text()
     assert code in (0, 2, -signal.SIGINT), output[-3000:]  # make may die of the SIGINT itself
-    assert "gateway listening on" in output and "dev-admin-key" in output
+    assert "gateway listening on" in output and "development credentials active" in output
+    assert "dev-admin-key" not in output and "dev-secret" not in output  # named, never printed
     assert "stopping embedded Valkey" in output and "stopping embedded Postgres" in output
     assert "Traceback" not in output
