@@ -20,7 +20,7 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from gateway import db, rebuild, reconciler
+from gateway import db, logsafe, rebuild, reconciler
 from gateway.app import create_app
 from gateway.audit import verify
 from gateway.config import ConfigError, Settings
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env(os.environ)
+        logsafe.install(settings)  # before anything logs; serve's children run main() and install it too
         if args.command == "audit":
             return audit(settings, args.action)
         if args.command == "reconcile":
