@@ -22,7 +22,7 @@ from gateway import appkeys as K
 from gateway import db, feed, keys, reconciler, routes, webhooks
 from gateway.auth import Authenticator
 from gateway.coalescer import Coalescer
-from gateway.config import DEV_ADMIN_KEY, DEV_JWT_SECRET, Settings
+from gateway.config import Settings
 from gateway.edge import setup_no_route
 from gateway.expirer import Expirer
 from gateway.inventory import WarehouseCache
@@ -151,6 +151,7 @@ def create_app(settings: Settings) -> web.Application:
     reconciler.setup(app)
     setup_no_route(app)  # last: it matches every path
     if settings.dev_credentials:
-        log.warning("development credentials active: admin key %r, JWT secret %r "
-                    "(set OMS_API_KEYS and OMS_JWT_SECRET)", DEV_ADMIN_KEY, DEV_JWT_SECRET)
+        log.warning("development credentials active: OMS_API_KEYS or OMS_JWT_SECRET is not set and the "
+                    "development default stands in for it (README.md, section Auth); set both before anyone "
+                    "else can reach this port")
     return app

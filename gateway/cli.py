@@ -20,7 +20,7 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from gateway import db, quarantine, rebuild, reconciler
+from gateway import db, logsafe, quarantine, rebuild, reconciler
 from gateway.app import create_app
 from gateway.audit import verify
 from gateway.config import ConfigError, Settings
@@ -34,7 +34,12 @@ log = logging.getLogger("gateway")
 
 @contextlib.contextmanager
 def backends(settings: Settings) -> Iterator[Settings]:
-    """Settings with both URLs filled, starting embedded servers for the missing ones."""
+    """Settings with both URLs filled from embedded servers for the missing ones.
+
+    An embedded server already running under the data directory (``serve``'s, beside which
+    maintenance commands run) is used and left running; one this process started is stopped
+    on the way out.
+    """
     started: list[EmbeddedValkey | EmbeddedPostgres] = []
     try:
         if not settings.redis_url:
@@ -51,7 +56,11 @@ def backends(settings: Settings) -> Iterator[Settings]:
         yield settings
     finally:
         for server in reversed(started):
-            log.info("stopping embedded %s", type(server).__name__.removeprefix("Embedded"))
+            name = type(server).__name__.removeprefix("Embedded")
+            if server.started:
+                log.info("stopping embedded %s", name)
+            else:
+                log.info("leaving embedded %s running: another process started it", name)
             server.stop()
 
 
@@ -243,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env(os.environ)
+        logsafe.install(settings)  # before anything logs; serve's children run main() and install it too
         if args.command == "audit":
             return audit(settings, args.action)
         if args.command == "reconcile":

