@@ -30,6 +30,7 @@ from gateway.scripts import Scripts
 from gateway.supervisor import orphan_guard, run_writer, supervise
 
 log = logging.getLogger("gateway")
+TOOL_TIMEOUT = 600  # seconds a maintenance command's query may take (a rebuild reads every order)
 
 
 @contextlib.contextmanager
@@ -118,7 +119,7 @@ def writer(settings: Settings) -> int:
 
 
 async def apply_migrations(url: str) -> list[int]:
-    pool = await db.create_pool(url)
+    pool = await db.create_pool(url, command_timeout=TOOL_TIMEOUT)
     try:
         async with pool.acquire() as conn:
             return await db.migrate(conn)
@@ -136,7 +137,7 @@ def migrate(settings: Settings) -> int:
 
 def audit(settings: Settings, action: str) -> int:
     async def run(url: str) -> tuple[int, dict[str, object] | None]:
-        pool = await db.create_pool(url)
+        pool = await db.create_pool(url, command_timeout=TOOL_TIMEOUT)
         try:
             return await verify(pool)
         finally:
@@ -156,7 +157,7 @@ def audit(settings: Settings, action: str) -> int:
 @contextlib.asynccontextmanager
 async def stores(redis_url: str, database_url: str) -> AsyncIterator[tuple[aioredis.Redis, asyncpg.Pool]]:
     client = aioredis.from_url(redis_url)
-    pool = await db.create_pool(database_url)
+    pool = await db.create_pool(database_url, command_timeout=TOOL_TIMEOUT)
     try:
         yield client, pool
     finally:
@@ -214,7 +215,7 @@ def rebuild_redis(settings: Settings, force: bool) -> int:
 def quarantine_command(settings: Settings, action: str, ids: list[int] | None) -> int:
     """List the quarantined stream entries, or replay them; exit 1 when any stays refused."""
     async def run(url: str) -> dict[str, object]:
-        pool = await db.create_pool(url)
+        pool = await db.create_pool(url, command_timeout=TOOL_TIMEOUT)
         try:
             if action == "list":
                 return {"entries": await quarantine.open_entries(pool)}

@@ -51,7 +51,10 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return applied
 
 
-async def create_pool(dsn: str, **kwargs: object) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, **kwargs)
+async def create_pool(dsn: str, *, command_timeout: float = 10, connect_timeout: float = 5,
+                      **kwargs: object) -> asyncpg.Pool:
+    """Every call is bounded: a stalled server is a timeout (503 at the edge), not a hang."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, command_timeout=command_timeout,
+                                     timeout=connect_timeout, **kwargs)
     assert pool is not None
     return pool

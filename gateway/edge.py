@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from gateway import appkeys as K
 from gateway.errors import (
+    BackendDown,
     BadRequest,
     GatewayError,
     MethodNotAllowed,
@@ -25,6 +27,7 @@ from gateway.errors import (
     Unauthorized,
     Unavailable,
 )
+from gateway.faults import unavailable
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,6 +44,18 @@ def problem_response(err: GatewayError, headers: dict[str, str] | None = None) -
         body=orjson.dumps(err.problem()), status=err.status,
         content_type="application/problem+json", headers=headers,
     )
+
+
+_reported: dict[str | None, float] = {}
+
+
+def report(fault: BackendDown, exc: BaseException) -> None:
+    """One WARNING a second per backend while it is down, not one per request of a sale."""
+    backend = fault.extra.get("backend")
+    now = time.monotonic()
+    if now - _reported.get(backend, -1.0) >= 1.0:
+        _reported[backend] = now
+        log.warning("answering 503: %s (%s: %s)", fault.detail, type(exc).__name__, exc)
 
 
 def edge(handler: Handler) -> Handler:
@@ -61,13 +76,19 @@ def edge(handler: Handler) -> Handler:
             return problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
         except web.HTTPException:
             raise
-        except ConnectionResetError:  # the client left mid-body: nobody to answer, nothing done
-            log.info("client left during %s %s", request.method, request.path)
-            return problem_response(BadRequest("The connection closed before the body arrived",
-                                               code="client_closed"))
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return problem_response(GatewayError("Internal error"))
+        except Exception as exc:
+            transport = request.transport
+            if isinstance(exc, ConnectionResetError) and (transport is None or transport.is_closing()):
+                # the client left mid-body: nobody to answer, nothing done
+                log.info("client left during %s %s", request.method, request.path)
+                return problem_response(BadRequest("The connection closed before the body arrived",
+                                                   code="client_closed"))
+            fault = unavailable(exc)
+            if fault is None:
+                log.exception("unhandled error on %s %s", request.method, request.path)
+                return problem_response(GatewayError("Internal error"))
+            report(fault, exc)
+            return problem_response(fault)
 
     return wrapped
 

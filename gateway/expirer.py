@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway import appkeys as K
 from gateway import keys
 from gateway.errors import GatewayError
+from gateway.faults import log_retry
 from gateway.orders import check_reply, transition_call
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ class Expirer:
             try:
                 while await self.expire_due() == self.batch:
                     pass
-            except Exception:
-                log.exception("expirer pass failed; retrying")
+            except Exception as exc:
+                log_retry(log, exc, "expirer pass failed; retrying")
             async with self._pass:
                 self._passes += 1
                 self._pass.notify_all()

@@ -7,7 +7,8 @@ import base64
 import datetime as dt
 import os
 import re
-from typing import Any, Literal
+from collections.abc import Awaitable
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import orjson
@@ -19,6 +20,7 @@ from gateway.auth import Principal
 from gateway.coalescer import Result
 from gateway.edge import edge
 from gateway.errors import Forbidden, GatewayError, Invalid, NotFound
+from gateway.faults import unavailable
 from gateway.inventory import change_stock, plan_allocation, put_warehouse, stock_view
 from gateway.lifecycle import STATUSES
 from gateway.models import (
@@ -50,6 +52,7 @@ from gateway.sales import SaleIn, put_sale, sale_view
 from gateway.stockwatch import forecast
 
 DIGITS = re.compile(r"[0-9]{1,19}")
+T = TypeVar("T")
 
 
 def json(data: Any, status: int = 200) -> web.Response:
@@ -265,8 +268,25 @@ async def get_inventory(request: web.Request) -> web.Response:
     return json(await with_forecast(request.app, stock_view(sku, await request.app[K.REDIS].hgetall(keys.stock(sku)))))
 
 
+async def unless_down(call: Awaitable[T], fallback: T) -> tuple[T, bool]:
+    """``(result, True)``, or ``(fallback, False)`` while the store ``call`` needs is down:
+    what can be answered without it still is."""
+    try:
+        return await call, True
+    except Exception as exc:
+        if unavailable(exc) is None:
+            raise
+        return fallback, False
+
+
 async def with_forecast(app: web.Application, view: dict[str, Any]) -> dict[str, Any]:
-    view.update(await forecast(app[K.PG], view["sku"], view["available"], app[K.SETTINGS].forecast_window))
+    """The view with its sell-out forecast, or marked ``"forecast": "unavailable"`` without PostgreSQL."""
+    found, ok = await unless_down(
+        forecast(app[K.PG], view["sku"], view["available"], app[K.SETTINGS].forecast_window),
+        {"sales_per_minute": None, "sell_out_eta": None})
+    view.update(found)
+    if not ok:
+        view["forecast"] = "unavailable"
     return view
 
 
@@ -275,10 +295,11 @@ async def stats(request: web.Request) -> web.Response:
     principal(request).require("ops")
     app = request.app
     window = app[K.SETTINGS].forecast_window
-    skus = [r["sku"] for r in await app[K.PG].fetch(
+    selling, pg_up = await unless_down(app[K.PG].fetch(
         """SELECT i.sku, sum(i.qty) AS units FROM order_items i JOIN orders o ON o.order_id = i.order_id
            WHERE o.created_at > now() - $1 * interval '1 second' GROUP BY i.sku ORDER BY units DESC LIMIT 20""",
-        window)]
+        window), [])
+    skus = [r["sku"] for r in selling]
     pipe = app[K.REDIS].pipeline(transaction=False)
     for sku in skus:
         pipe.hgetall(keys.stock(sku))
@@ -288,6 +309,7 @@ async def stats(request: web.Request) -> web.Response:
     coalescer = app[K.COALESCER]
     group = next((g for g in await app[K.REDIS].xinfo_groups(keys.events())
                   if g["name"] == keys.WRITER_GROUP.encode()), {})
+    held, _ = await unless_down(quarantine.count(app[K.PG]), None)
     return json({
         "orders_in_flight": coalescer.in_flight, "reserve_batches": coalescer.batches,
         "sold_out_answers": coalescer.sold_out_answers,
@@ -295,8 +317,8 @@ async def stats(request: web.Request) -> web.Response:
         "stream_length": await app[K.REDIS].xlen(keys.events()),
         # the writers run in other processes: their progress is read from the consumer group
         "writer_pending": group.get("pending"), "writer_lag": group.get("lag"),
-        "quarantined": await quarantine.count(app[K.PG]),
-        "window_seconds": window, "skus": views,
+        "quarantined": held, "window_seconds": window, "skus": views,
+        **({} if pg_up else {"unavailable": ["postgres"]}),  # the forecasts and the quarantine count
     })
 
 
@@ -376,7 +398,10 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception:
         pass
     ready = all(checks.values())
-    return json({"ready": ready, **checks}, 200 if ready else 503)
+    resp = json({"ready": ready, **checks}, 200 if ready else 503)
+    if not ready:
+        resp.headers["Retry-After"] = "1"
+    return resp
 
 
 def setup(app: web.Application) -> None:

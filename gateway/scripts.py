@@ -1,8 +1,8 @@
 """Lua scripts: read from package files, loaded once at start, called by SHA.
 
 A NOSCRIPT reply (server restarted or flushed its script cache) reloads the script and
-retries once. Redis connection errors and timeouts become ``BackendDown`` here, so no
-handler imports redis.
+retries once. Redis connection errors and timeouts become ``BackendDown`` here
+(gateway/faults.py), so no handler imports redis.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import importlib.resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import BackendDown
+from gateway.faults import unavailable
 
 NAMES = ("reserve", "stock", "transition", "repair")
 
@@ -45,9 +43,8 @@ class Scripts:
             except NoScriptError:
                 self.shas[name] = await self.redis.script_load(self.sources[name])
                 return await self.redis.evalsha(self.shas[name], len(keys), *keys, *args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise BackendDown("Redis is unreachable") from exc
-        except RedisError as exc:
-            if "LOADING" in str(exc) or "BUSY" in str(exc):
-                raise BackendDown("Redis is loading or busy") from exc
-            raise
+        except (RedisError, OSError) as exc:
+            fault = unavailable(exc)
+            if fault is None:
+                raise
+            raise fault from exc

@@ -32,6 +32,7 @@ from gateway import appkeys as K
 from gateway import feed
 from gateway.edge import edge
 from gateway.errors import Forbidden, Invalid, NotFound
+from gateway.faults import log_retry
 from gateway.models import WebhookId, WebhookIn, decode, iso_ms
 from gateway.routes import json, path_id, principal
 
@@ -206,8 +207,8 @@ class Sender:
         while not self._stop.is_set():
             try:
                 await self._claim()
-            except Exception:
-                log.exception("webhooks: claiming failed, retrying")
+            except Exception as exc:
+                log_retry(log, exc, "webhooks: claiming failed, retrying")
             await self._pause(self.poll)
 
     async def _claim(self) -> None:
@@ -269,9 +270,9 @@ class Sender:
                     "UPDATE webhooks SET last_event_id = $2 WHERE lock_key = $1 AND last_event_id < $2",
                     key, rows[-1]["id"])
                 failures = 0
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                log.exception("webhook #%s: delivery failed, retrying", key)
+                log_retry(log, exc, "webhook #%s: delivery failed, retrying", key)
                 await self._pause(self._backoff(failures))
 
     async def _send(self, hook: Hook, row: asyncpg.Record) -> Hook | None:

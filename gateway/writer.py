@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 
 from gateway import keys, stockwatch
 from gateway.audit import GENESIS, canonical, chain_hash
+from gateway.faults import log_retry
 
 log = logging.getLogger(__name__)
 EVENTS_LOCK = 0x6F6D7366  # advisory lock: one writer transaction at a time
@@ -196,7 +197,7 @@ class Writer:
                                     self.name)
                         regroup = True
                     else:
-                        log.exception("writer %s: batch failed, retrying", self.name)
+                        log_retry(log, exc, "writer %s: batch failed, retrying", self.name)
                         await asyncio.sleep(0.5)
             await _finished(committing)
         except WriterCrash:

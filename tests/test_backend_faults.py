@@ -1,0 +1,192 @@
+"""A sick backend is a 503 with Retry-After on every route, never a 500; what needs only the
+other store still answers; and the same gateway recovers by itself when the store returns.
+
+These tests kill and restart their own embedded Valkey and stop and start their own
+PostgreSQL (not the suite's shared servers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway import db
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
+from tests.conftest import API_KEYS, SECRET, Gateway, auth, order_body
+
+pytestmark = pytest.mark.slow
+SKU = "F-1"
+ADMIN, OPS, PAY = auth("k-admin"), auth("k-ops"), auth("k-pay")
+SALE = {"skus": [SKU], "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2199-01-01T00:00:00Z",
+        "per_user_limit": 1000}
+HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["order.paid"], "secret": "s" * 16}
+
+
+class Servers:
+    def __init__(self, base) -> None:
+        self.valkey = EmbeddedValkey(base / "valkey")
+        self.pg = EmbeddedPostgres(base / "pg", database="oms_faults")
+        self.redis_url = self.valkey.start()
+        self.database_url = self.pg.start()
+
+    async def restart_valkey(self) -> None:
+        await asyncio.to_thread(self.valkey.start)
+
+    async def stop_postgres(self) -> None:
+        await asyncio.to_thread(self.pg.stop)
+
+    async def start_postgres(self) -> None:
+        await asyncio.to_thread(self.pg.start)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    servers = Servers(tmp_path_factory.mktemp("faults"))
+    yield servers
+    servers.pg.stop()
+    servers.valkey.stop()
+
+
+@pytest.fixture
+async def gw(servers: Servers) -> AsyncIterator[Gateway]:
+    client = aioredis.from_url(servers.redis_url)
+    await client.flushall()
+    await client.aclose()
+    pool = await db.create_pool(servers.database_url)
+    async with pool.acquire() as conn:
+        await db.migrate(conn)
+        await conn.execute("TRUNCATE orders, order_items, allocations, order_events, inventory, "
+                           "inventory_movements, warehouses, sales, webhooks, quarantine CASCADE")
+    await pool.close()
+    settings = Settings.from_env({
+        "OMS_REDIS_URL": servers.redis_url, "OMS_DATABASE_URL": servers.database_url,
+        "OMS_API_KEYS": API_KEYS, "OMS_JWT_SECRET": SECRET, "OMS_ENV": "test", "OMS_WRITER_CLAIM_IDLE_MS": "200",
+    })
+    app = create_app(settings)
+    test_client = TestClient(TestServer(app), connector=aiohttp.TCPConnector(limit=0))
+    await test_client.start_server()
+    gw = Gateway(app, test_client)
+    await gw.set_stock(SKU, {"W1": 100})
+    for n in (1, 2, 3):
+        assert (await gw.post("/v1/orders", order_body(f"seed-{n}", items=[{"sku": SKU, "qty": 1}]))).status == 201
+    await gw.caught_up()
+    yield gw
+    await test_client.close()
+
+
+def calls(n: int) -> list[tuple[str, str, Any, dict[str, str]]]:
+    """One call of every kind of route; ``n`` keeps new ids new."""
+    return [
+        ("POST", "/v1/orders", order_body(f"new-{n}", items=[{"sku": SKU, "qty": 1}]), ADMIN),
+        ("POST", "/v1/orders/batch", {"orders": [order_body(f"batch-{n}", items=[{"sku": SKU, "qty": 1}])]}, ADMIN),
+        ("GET", "/v1/orders/seed-1", None, ADMIN),
+        ("GET", "/v1/orders", None, ADMIN),
+        ("POST", "/v1/orders/seed-2/payment", {"payment_id": "pay-1", "amount": 0}, PAY),
+        ("POST", "/v1/orders/seed-3/cancel", {"reason": "ops"}, OPS),
+        ("GET", f"/v1/inventory/{SKU}", None, OPS),
+        ("PUT", f"/v1/inventory/{SKU}", {"warehouses": {"W1": 100 + n}}, OPS),
+        ("POST", f"/v1/inventory/{SKU}/adjust", {"warehouse": "W1", "delta": 1, "reason": "count"}, OPS),
+        ("PUT", "/v1/warehouses/W1", {"priority": 1}, OPS),
+        ("PUT", "/v1/sales/s1", SALE, OPS),
+        ("GET", "/v1/sales/s1", None, OPS),
+        ("POST", "/v1/allocations/plan", {"items": [{"sku": SKU, "qty": 1}]}, OPS),
+        ("GET", "/v1/stats", None, OPS),
+        ("GET", "/v1/events", None, OPS),
+        ("PUT", "/v1/webhooks/h1", HOOK, ADMIN),
+        ("GET", "/v1/webhooks", None, ADMIN),
+        ("DELETE", "/v1/webhooks/h-none", None, ADMIN),
+        ("GET", "/v1/reconciliation", None, OPS),
+        ("POST", "/v1/reconciliation/repair", None, ADMIN),
+        ("GET", "/readyz", None, {}),
+    ]
+
+
+async def answers(gw: Gateway, n: int) -> dict[str, tuple[int, Any, dict[str, str]]]:
+    out = {}
+    for method, path, body, headers in calls(n):
+        resp = await gw.client.request(method, path, json=body, headers=headers)
+        payload = await resp.json() if resp.content_type.endswith("json") else None
+        out[f"{method} {path}"] = (resp.status, payload, dict(resp.headers))
+    return out
+
+
+def assert_503s_are_well_formed(seen: dict[str, tuple[int, Any, dict[str, str]]]) -> None:
+    for route, (status, body, headers) in seen.items():
+        assert status != 500, (route, body)
+        if status == 503:
+            assert int(headers["Retry-After"]) >= 1, route
+            if route != "GET /readyz":
+                assert body["code"] == "backend_unavailable", (route, body)
+                assert body["status"] == 503
+
+
+async def recovered(gw: Gateway, timeout: float = 30.0) -> dict[str, tuple[int, Any, dict[str, str]]]:
+    """Ask every route again until none answers 503: the gateway finds the store by itself."""
+    deadline = time.monotonic() + timeout
+    n = 100
+    while True:
+        n += 1
+        seen = await answers(gw, n)
+        down = [r for r, (status, _, _) in seen.items() if status >= 500]
+        if not down:
+            return seen
+        assert time.monotonic() < deadline, f"still failing: {down}"
+        await asyncio.sleep(0.2)
+
+
+async def test_valkey_killed_and_restarted(gw, servers):
+    healthy = await answers(gw, 1)
+    assert all(status < 500 for status, _, _ in healthy.values()), healthy
+    servers.valkey.kill()
+    try:
+        down = await answers(gw, 2)
+        assert_503s_are_well_formed(down)
+        # PostgreSQL alone still answers what it holds
+        for route in ("GET /v1/orders", "GET /v1/events", "GET /v1/webhooks"):
+            assert down[route][0] == 200, (route, down[route])
+        for route in ("POST /v1/orders", "GET /v1/orders/seed-1", "POST /v1/orders/seed-2/payment",
+                      f"GET /v1/inventory/{SKU}", "GET /v1/stats", "GET /readyz"):
+            assert down[route][0] == 503, (route, down[route])
+        assert down["GET /readyz"][1]["redis"] is False
+        assert down["POST /v1/orders/batch"][1]["results"][0]["status"] == 503
+    finally:
+        await servers.restart_valkey()
+    back = await recovered(gw)
+    assert back["POST /v1/orders"][0] == 201
+    assert back["GET /readyz"][0] == 200
+    await gw.caught_up()
+
+
+async def test_postgres_stopped_and_started(gw, servers):
+    await answers(gw, 1)
+    await servers.stop_postgres()
+    try:
+        down = await answers(gw, 3)
+        assert_503s_are_well_formed(down)
+        # order intake and the live record need only Redis
+        assert down["POST /v1/orders"][0] == 201
+        assert down["GET /v1/orders/seed-1"][0] == 200
+        view = down[f"GET /v1/inventory/{SKU}"]
+        assert view[0] == 200 and view[1]["forecast"] == "unavailable" and view[1]["sell_out_eta"] is None
+        stats = down["GET /v1/stats"]
+        assert stats[0] == 200 and stats[1]["unavailable"] == ["postgres"]
+        for route in ("GET /v1/orders", "GET /v1/events", "GET /v1/webhooks", "PUT /v1/warehouses/W1",
+                      "GET /v1/reconciliation", "GET /readyz"):
+            assert down[route][0] == 503, (route, down[route])
+        assert down["GET /readyz"][1]["postgres"] is False
+    finally:
+        await servers.start_postgres()
+    back = await recovered(gw)
+    assert back["GET /v1/orders"][0] == 200
+    await gw.caught_up()  # the writer found PostgreSQL again too
+    listed = await (await gw.client.get("/v1/orders?limit=200", headers=OPS)).json()
+    assert "new-3" in {o["order_id"] for o in listed["orders"]}  # taken while PostgreSQL was down
