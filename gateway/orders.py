@@ -141,6 +141,7 @@ def transition_call(
         rules = ";".join(r for r in rules.split(";") if r.startswith("pending_payment>"))
     args = [action, order_id, rules, ",".join(sorted(lifecycle.DONE[action])),
             orjson.dumps(data).decode(), payment_id, "1" if sale_id else "0", record_ttl, reason, hydrate, keys.RESTOCK]
+    args.extend(item["sku"] for item in payload["items"])
     return ks, args
 
 

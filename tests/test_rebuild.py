@@ -166,6 +166,17 @@ async def test_rebuilt_sale_keeps_per_user_limits(gw, redis, pg):
     assert (await gw.post("/v1/orders", sale_order("l-4", "u-7", 3))).status == 201  # refunded before shipping
 
 
+async def test_forced_rebuild_drops_counters_postgres_does_not_back(gw, redis, pg):
+    await workload(gw)
+    ghost = keys.sale_user("s1", "ghost")
+    legacy = keys.sale("s1:u:u-9")  # where u-9's units in s1 lived before keys were injective
+    for key in (ghost, legacy):
+        await redis.hset(key, "units", 2)
+    await run_rebuild(gw, pg, force=True)
+    assert not await redis.exists(ghost, legacy)
+    assert await redis.hget(keys.sale_user("s1", "u-9"), "units") == b"3"
+
+
 async def test_flash_sale_after_rebuild_never_oversells(gw, redis, pg):
     await workload(gw)
     await lose_redis(gw, redis)
