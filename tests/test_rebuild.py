@@ -20,7 +20,7 @@ from tests.conftest import auth, order_body
 
 ROOT = Path(__file__).resolve().parent.parent
 SKUS = ("SKU-1", "SKU-2")
-READY = "oms:{p0}:ready"
+READY = keys.ready()
 
 
 def at(seconds: float) -> str:
@@ -202,14 +202,14 @@ async def keyspace(redis) -> dict[bytes, object]:
     """Every key with its content, and whether it expires (versions are bumped by design; a
     holder's score is when its record expires, so like a TTL it is only read as present)."""
     dump: dict[bytes, object] = {}
-    async for key in redis.scan_iter(match="oms:*"):
+    async for key in redis.scan_iter(match=keys.all_pattern()):
         kind = (await redis.type(key)).decode()
-        if key.endswith(b"_version") or kind == "stream":
+        if keys.parse(key)[0] in ("wh_version", "sale_version") or kind == "stream":
             continue
         read = {"hash": redis.hgetall, "zset": lambda k: redis.zrange(k, 0, -1, withscores=True),
                 "set": redis.smembers, "string": redis.get}[kind]
         content = await read(key)
-        if key.startswith(keys.holders("").encode()):
+        if keys.parse(key)[0] == "holders":
             content = sorted(member for member, _ in content)
         dump[key] = (content, await redis.ttl(key) > 0)
     return dump
