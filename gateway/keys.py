@@ -16,7 +16,8 @@ oms:{p}:warehouses                      hash     ``<wh>`` -> "priority|region|ac
 oms:{p}:wh_version                      string   bumped on every warehouse change
 oms:{p}:sale:<sale_id>                  hash     sale rules and live ``sold`` units; forever
 oms:{p}:sales                           set      every sale id
-oms:{p}:stockstate:<sku>                string   ok, low_stock or sold_out: the last state announced
+oms:{p}:stockstate:<sku>                string   ok, low_stock or sold_out: the worst state announced
+                                                 since the SKU was last above the low-stock threshold
 oms:{p}:ready                           string   present while Redis holds the whole state (not lost or rebuilding)
 oms:{p}:sale_version                    string   bumped on every sale change
 oms:{p}:sale_user:<n>:<sale_id>:<user>  hash     ``units`` a user holds in the sale; sale lifetime

@@ -2,8 +2,11 @@
 
 Alerts: after each batch the writer looks at the availability of the SKUs the batch
 touched and emits ``inventory.low_stock`` (at or below the threshold) or
-``inventory.sold_out`` (nothing available) when a SKU enters that state; the state is
-remembered in Redis so a SKU that stays low is not announced again until it recovers.
+``inventory.sold_out`` (nothing available) when a SKU gets worse than anything announced
+since it was last above the threshold. Redis remembers the worst state announced, so a SKU
+that stays low, or is restocked or given units back without recovering, is not announced
+again (no flapping between low and sold out as reservations expire near a sell-out) until
+it recovers above the threshold.
 Delivery is at least once: the event id is derived from the batch, so a re-delivered batch
 repeats nothing, while two writers seeing the same change may both announce it.
 
@@ -24,6 +27,8 @@ from gateway import keys
 from gateway.audit import canonical
 from gateway.models import iso_ms
 
+SEVERITY = {"ok": 0, "low_stock": 1, "sold_out": 2}
+
 
 def available(raw: dict[bytes, bytes]) -> int:
     return sum(int(v) for f, v in raw.items() if not f.startswith(b"r:"))
@@ -42,7 +47,8 @@ async def alerts(
     for sku, raw, before in zip(skus, replies[::2], replies[1::2], strict=True):
         left = available(raw)
         state = "sold_out" if left == 0 else "low_stock" if left <= threshold else "ok"
-        if state == (before.decode() if before else "ok"):
+        worst = before.decode() if before else "ok"  # announced since it was last above the threshold
+        if state == worst or 0 < SEVERITY[state] < SEVERITY[worst]:
             continue
         states[sku] = state
         if state != "ok":
