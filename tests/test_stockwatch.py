@@ -78,6 +78,20 @@ async def test_units_given_back_near_sell_out_announce_nothing(gw):
     assert len(await inventory_events(gw)) == 2
 
 
+async def test_units_in_an_inactive_warehouse_neither_keep_a_sku_off_low_stock_nor_show_in_stats(gw):
+    await gw.set_stock("SKU-1", {"W1": 6, "W2": 50})
+    resp = await gw.client.put("/v1/warehouses/W2", json={"active": False}, headers=auth("k-ops"))
+    assert resp.status == 201
+    await buy(gw, "o-1", 1)
+    assert await inventory_events(gw) == [("inventory.low_stock", 5, None)]
+    await buy(gw, "o-2", 5)
+    assert await inventory_events(gw) == [("inventory.low_stock", 5, None), ("inventory.sold_out", 0, None)]
+    stats = await (await gw.client.get("/v1/stats", headers=auth("k-ops"))).json()
+    (view,) = stats["skus"]
+    assert view["available"] == 0 and view["warehouses"]["W2"]["active"] is False
+    assert view["sell_out_eta"] is None
+
+
 async def test_threshold_is_configurable(make_gateway):
     gw = await make_gateway(low_stock=0)
     await gw.set_stock("SKU-1", {"W1": 3})
