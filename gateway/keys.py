@@ -126,7 +126,7 @@ def pattern(kind: str, p: str = "{p0}") -> str:
 
 
 def all_pattern() -> str:
-    """SCAN pattern matching every key the gateway writes (and the ``oms:restock`` channel's name)."""
+    """SCAN pattern matching every key the gateway writes (pub/sub channels are not keys)."""
     return f"{PREFIX}:*"
 
 
