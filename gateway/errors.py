@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# Members RFC 9457 defines (``status`` is the HTTP status code, a number) and our ``code``:
+# an error's own facts go in members of their own (``order_status``, ``held``, ``limit``, ...).
+RESERVED = frozenset({"type", "title", "status", "detail", "instance", "code"})
+
 
 class GatewayError(Exception):
     status = 500
@@ -20,6 +24,9 @@ class GatewayError(Exception):
     title = "Internal error"
 
     def __init__(self, detail: str | None = None, *, code: str | None = None, **extra: Any) -> None:
+        """``extra`` becomes members of the problem body; naming a reserved one is a TypeError."""
+        if extra and not RESERVED.isdisjoint(extra):
+            raise TypeError(f"problem members {sorted(RESERVED.intersection(extra))} are reserved")
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         if code is not None:
@@ -27,15 +34,15 @@ class GatewayError(Exception):
         self.extra = extra
 
     def problem(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        """The RFC 9457 body; the standard members and ``code`` win over any extra."""
+        return {
+            **self.extra,
             "type": f"urn:oms:problem:{self.code}",
             "title": self.title,
             "status": self.status,
             "code": self.code,
             "detail": self.detail,
         }
-        body.update(self.extra)
-        return body
 
 
 class BadRequest(GatewayError):

@@ -8,6 +8,7 @@ warehouse this process has not heard of yet.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import asyncpg
@@ -50,24 +51,51 @@ class WarehouseCache:
             found = self._orders[key] = preference(self.by_id.values(), strategy, region)
         return found
 
+def active_ids(table: dict[bytes, bytes]) -> frozenset[str]:
+    """The warehouses allocation may take from, from the warehouses hash: those marked active.
+    One the hash does not list is in no preference order, so it counts as inactive too."""
+    return frozenset(w.decode() for w, v in table.items() if _decode_warehouse(w.decode(), v.decode()).active)
 
 
-def stock_view(sku: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
-    """``GET /v1/inventory/{sku}`` from the stock hash (``<wh>`` available, ``r:<wh>`` reserved)."""
+def sellable(raw: dict[bytes, bytes], active: Collection[str]) -> int:
+    """Units of a stock hash an order could get now: available in active warehouses."""
+    return sum(int(v) for f, v in raw.items() if not f.startswith(b"r:") and f.decode() in active)
+
+
+def stock_view(sku: str, raw: dict[bytes, bytes], active: Collection[str]) -> dict[str, Any]:
+    """``GET /v1/inventory/{sku}`` from the stock hash (``<wh>`` available, ``r:<wh>`` reserved).
+
+    ``available`` counts active warehouses only, as the reserve script and the allocation
+    plan do; an inactive warehouse is still listed, with ``"active": false``, and its units
+    count in ``on_hand`` and ``reserved``.
+    """
     fields = {k.decode(): int(v) for k, v in raw.items()}
-    warehouses = {}
+    warehouses: dict[str, dict[str, Any]] = {}
     for field, available in sorted(fields.items()):
         if field.startswith("r:"):
             continue
         reserved = fields.get("r:" + field, 0)
         warehouses[field] = {"on_hand": available + reserved, "reserved": reserved, "available": available}
+        if field not in active:
+            warehouses[field]["active"] = False
     return {
         "sku": sku,
         "warehouses": warehouses,
         "on_hand": sum(w["on_hand"] for w in warehouses.values()),
         "reserved": sum(w["reserved"] for w in warehouses.values()),
-        "available": sum(w["available"] for w in warehouses.values()),
+        "available": sum(w["available"] for wid, w in warehouses.items() if wid in active),
     }
+
+
+async def stock_views(redis: aioredis.Redis, skus: list[str]) -> list[dict[str, Any]]:
+    """``stock_view`` of each SKU, read with the warehouse table in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.warehouses())
+    for sku in skus:
+        pipe.hgetall(keys.stock(sku))
+    table, *raws = await pipe.execute()
+    active = active_ids(table)
+    return [stock_view(sku, raw, active) for sku, raw in zip(skus, raws, strict=True)]
 
 
 async def change_stock(
@@ -88,10 +116,11 @@ async def change_stock(
             warehouse=wh, reserved=reserved,
         )
     await restocked(scripts.redis, sku)
-    flat = reply[1]
+    flat, table = reply[1], reply[2]
     if any(wh not in cache.by_id for wh in values):
         await cache.load()
-    return stock_view(sku, dict(zip(flat[::2], flat[1::2], strict=True)))
+    active = active_ids(dict(zip(table[::2], table[1::2], strict=True)))
+    return stock_view(sku, dict(zip(flat[::2], flat[1::2], strict=True)), active)
 
 
 async def put_warehouse(

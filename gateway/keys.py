@@ -5,22 +5,39 @@ scripts run unchanged on Redis/Valkey Cluster. Today there is one partition, ``{
 ``partition()`` is the single place that maps orders and SKUs to a partition when the
 stock is split across slots.
 
-Key (tag ``{p}``)                  type     holds / lifetime
-oms:{p}:stock:<sku>                hash     ``<wh>`` available, ``r:<wh>`` reserved; forever
-oms:{p}:order:<order_id>           hash     payload, allocations, status, times; idempotency TTL
-oms:{p}:holders:<sku>              zset     order ids with a record naming the SKU, scored by the
-                                            record's expiry (ms); trimmed as orders are added
-oms:{p}:expiry                     zset     pending order ids scored by reserved_until (ms)
-oms:{p}:events                     stream   events for the writers (deleted once written)
-oms:{p}:warehouses                 hash     ``<wh>`` -> "priority|region|active"; forever
-oms:{p}:wh_version                 string   bumped on every warehouse change
-oms:{p}:sale:<sale_id>             hash     sale rules and live ``sold`` units; forever
-oms:{p}:sales                      set      every sale id
-oms:{p}:stockstate:<sku>           string   ok, low_stock or sold_out: the last state announced
-oms:{p}:ready                      string   present while Redis holds the whole state (not lost or rebuilding)
-oms:{p}:sale_version               string   bumped on every sale change
-oms:{p}:sale:<sale_id>:u:<user>    hash     ``units`` a user holds in the sale; sale lifetime
-oms:restock                        channel  pub/sub: a SKU (or ``*``) that may have units again
+Key (tag ``{p}``)                       type     holds / lifetime
+oms:{p}:stock:<sku>                     hash     ``<wh>`` available, ``r:<wh>`` reserved; forever
+oms:{p}:order:<order_id>                hash     payload, allocations, status, times; idempotency TTL
+oms:{p}:holders:<sku>                   zset     order ids with a record naming the SKU, scored by the
+                                                 record's expiry (ms); trimmed as orders are added
+oms:{p}:expiry                          zset     pending order ids scored by reserved_until (ms)
+oms:{p}:events                          stream   events for the writers (deleted once written)
+oms:{p}:warehouses                      hash     ``<wh>`` -> "priority|region|active"; forever
+oms:{p}:wh_version                      string   bumped on every warehouse change
+oms:{p}:sale:<sale_id>                  hash     sale rules and live ``sold`` units; forever
+oms:{p}:sales                           set      every sale id
+oms:{p}:stockstate:<sku>                string   ok, low_stock or sold_out: the worst state announced
+                                                 since the SKU was last above the low-stock threshold
+oms:{p}:ready                           string   present while Redis holds the whole state (not lost or rebuilding)
+oms:{p}:sale_version                    string   bumped on every sale change
+oms:{p}:sale_user:<n>:<sale_id>:<user>  hash     ``units`` a user holds in the sale; sale lifetime
+oms:restock                             channel  pub/sub: a SKU (or ``*``) that may have units again
+
+Keys are injective: no two (kind, partition, ids) give the same key, whatever the ids hold
+(order, sale and SKU ids may contain ``:``; user ids any non-control character, ``{``,
+``}``, ``:`` and ``*`` included). The rule that makes it so:
+
+- a key is ``oms:``, the partition tag, ``:``, the kind word, then ``:<id>`` per id;
+- kind words are fixed, distinct, hold no ``:``, and each kind has a fixed number of ids
+  (``KINDS``), so the text between the tag and the next ``:`` (or the end) names the kind;
+- every id but the last is written ``<n>:<id>``, n being its length in UTF-8 bytes in
+  decimal; the last id runs to the end of the key, as it is.
+
+So ``parse`` reads any key back into (kind, partition, ids). Single-id keys are written as
+they always were; only ``sale_user`` (two ids) carries a length. The tag is a ``{...}``
+without ``:``, ``{`` or ``}`` inside and comes first, so it is the key's cluster hash tag
+whatever braces an id holds. SCAN patterns come from ``pattern(kind)``, never from an id,
+so glob characters in ids do not matter.
 """
 
 from __future__ import annotations
@@ -29,9 +46,19 @@ PREFIX = "oms"
 WRITER_GROUP = "writers"
 RESTOCK = f"{PREFIX}:restock"  # a pub/sub channel, not a key: every process hears it (gateway/soldout.py)
 
+# kind word -> number of ids
+KINDS = {
+    "stock": 1, "order": 1, "holders": 1, "expiry": 0, "events": 0, "warehouses": 0, "wh_version": 0,
+    "sale": 1, "sales": 0, "sale_version": 0, "sale_user": 2, "stockstate": 1, "ready": 0,
+}
+
 
 def partition(_order_or_sku: str = "") -> str:
     return "{p0}"
+
+
+def all_partitions() -> list[str]:
+    return ["{p0}"]
 
 
 def stock(sku: str, p: str = "{p0}") -> str:
@@ -39,8 +66,8 @@ def stock(sku: str, p: str = "{p0}") -> str:
 
 
 def stock_pattern(p: str = "{p0}") -> str:
-    """SCAN pattern for every stock hash of a partition (SKUs hold no glob characters)."""
-    return stock("*", p)
+    """SCAN pattern for every stock hash of a partition."""
+    return pattern("stock", p)
 
 
 def order(order_id: str, p: str = "{p0}") -> str:
@@ -80,7 +107,7 @@ def sale_version(p: str = "{p0}") -> str:
 
 
 def sale_user(sale_id: str, user_id: str, p: str = "{p0}") -> str:
-    return f"{PREFIX}:{p}:sale:{sale_id}:u:{user_id}"
+    return f"{PREFIX}:{p}:sale_user:{len(sale_id.encode())}:{sale_id}:{user_id}"
 
 
 def stock_state(sku: str, p: str = "{p0}") -> str:
@@ -91,5 +118,45 @@ def ready(p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:ready"
 
 
-def all_partitions() -> list[str]:
-    return ["{p0}"]
+def pattern(kind: str, p: str = "{p0}") -> str:
+    """SCAN pattern matching every key of ``kind`` (one with ids) in a partition, and no other."""
+    if not KINDS.get(kind):
+        raise ValueError(f"{kind!r} is not a kind with ids")
+    return f"{PREFIX}:{p}:{kind}:*"
+
+
+def all_pattern() -> str:
+    """SCAN pattern matching every key the gateway writes (pub/sub channels are not keys)."""
+    return f"{PREFIX}:*"
+
+
+def parse(key: str | bytes) -> tuple[str, str, tuple[str, ...]]:
+    """(kind, partition, ids) of a key built here; ``ValueError`` for any other string."""
+    raw = key.encode() if isinstance(key, str) else key
+    head, sep, rest = raw.partition(b":")
+    tag_end = rest.find(b"}")
+    if head != PREFIX.encode() or not sep or not rest.startswith(b"{") or tag_end < 2:
+        raise ValueError(f"not a gateway key: {key!r}")
+    p, rest = rest[:tag_end + 1].decode(), rest[tag_end + 1:]
+    if any(c in p[1:-1] for c in ":{"):
+        raise ValueError(f"bad partition tag in {key!r}")
+    if not rest.startswith(b":"):
+        raise ValueError(f"no kind in {key!r}")
+    kind_b, sep, rest = rest[1:].partition(b":")
+    kind = kind_b.decode()
+    arity = KINDS.get(kind)
+    if arity is None or (arity == 0) != (not sep):
+        raise ValueError(f"unknown kind or arity in {key!r}")
+    ids: list[str] = []
+    for _ in range(arity - 1):
+        n, sep, rest = rest.partition(b":")
+        if not sep or not n.isdigit() or (len(n) > 1 and n.startswith(b"0")):
+            raise ValueError(f"bad id length in {key!r}")
+        size = int(n)
+        if len(rest) <= size or rest[size:size + 1] != b":":
+            raise ValueError(f"id shorter than its length in {key!r}")
+        ids.append(rest[:size].decode())
+        rest = rest[size + 1:]
+    if arity:
+        ids.append(rest.decode())
+    return kind, p, tuple(ids)

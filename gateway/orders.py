@@ -99,10 +99,10 @@ async def change(
 ) -> dict[str, Any]:
     """Apply ``action`` to the order; returns the order as it now is.
 
-    404 when the caller may not see the order; 409 ``illegal_transition`` (naming the
-    status), ``reservation_expired``, ``amount_mismatch`` or ``payment_conflict``, each
-    changing nothing except that a payment arriving after ``reserved_until`` expires the
-    order on the spot. Repeating a transition that already happened answers the order
+    404 when the caller may not see the order; 409 ``illegal_transition`` (the order's
+    status in ``order_status``), ``reservation_expired``, ``amount_mismatch`` or
+    ``payment_conflict``, each changing nothing except that a payment arriving after
+    ``reserved_until`` expires the order on the spot. Repeating a transition that already happened answers the order
     as it is and writes no event.
     """
     redis, pool = app[K.REDIS], app[K.PG]
@@ -141,6 +141,7 @@ def transition_call(
         rules = ";".join(r for r in rules.split(";") if r.startswith("pending_payment>"))
     args = [action, order_id, rules, ",".join(sorted(lifecycle.DONE[action])),
             orjson.dumps(data).decode(), payment_id, "1" if sale_id else "0", record_ttl, reason, hydrate, keys.RESTOCK]
+    args.extend(item["sku"] for item in payload["items"])
     return ks, args
 
 
@@ -157,10 +158,10 @@ def check_reply(reply: list[Any], action: str) -> tuple[str, bool]:
         raise PaymentConflict("The order is already paid with another payment id")
     if code == 3:
         status = reply[1].decode()
-        raise IllegalTransition(f"cannot {action} an order that is {status}", status=status)
+        raise IllegalTransition(f"cannot {action} an order that is {status}", order_status=status)
     if code == 4:
         raise ReservationExpired("The reservation expired; the order is cancelled and its stock released")
-    raise IllegalTransition("the reservation has not expired yet", status="pending_payment")
+    raise IllegalTransition("the reservation has not expired yet", order_status="pending_payment")
 
 
 async def run_transition(app: web.Application, order_id: str, payload: dict[str, Any], action: str,

@@ -136,7 +136,7 @@ async def _rows(conn: asyncpg.Connection, sql: str, *args: Any) -> tuple[int, An
 async def _clear(redis: aioredis.Redis) -> None:
     """Delete every key the rebuild writes, so none that PostgreSQL no longer knows lingers."""
     doomed = [keys.warehouses(), keys.sales(), keys.expiry()]
-    for pattern in (keys.stock_pattern(), keys.order("*"), keys.sale("*"), keys.holders("*")):  # ids hold no glob characters
+    for pattern in map(keys.pattern, ("stock", "order", "sale", "sale_user", "holders")):
         async for key in redis.scan_iter(match=pattern, count=BATCH):
             doomed.append(key)
             if len(doomed) >= BATCH:

@@ -72,8 +72,7 @@ async def _redis_stock(redis: aioredis.Redis) -> dict[Pair, tuple[int, int]]:
     """(sku, warehouse) -> (available, reserved) from every stock hash; a missing field is 0."""
     skus: set[str] = set()
     for p in keys.all_partitions():
-        prefix = keys.stock("", p)
-        skus.update([k.decode().removeprefix(prefix) async for k in redis.scan_iter(match=keys.stock_pattern(p), count=1000)])
+        skus.update([keys.parse(k)[2][0] async for k in redis.scan_iter(match=keys.stock_pattern(p), count=1000)])
     pipe = redis.pipeline(transaction=False)
     for sku in sorted(skus):
         pipe.hgetall(keys.stock(sku, keys.partition(sku)))

@@ -21,7 +21,7 @@ from gateway.coalescer import Result
 from gateway.edge import edge
 from gateway.errors import Forbidden, GatewayError, Invalid, NotFound
 from gateway.faults import unavailable
-from gateway.inventory import change_stock, plan_allocation, put_warehouse, stock_view
+from gateway.inventory import change_stock, plan_allocation, put_warehouse, stock_views
 from gateway.lifecycle import STATUSES
 from gateway.models import (
     EARLIEST,
@@ -265,7 +265,8 @@ async def list_orders(request: web.Request) -> web.Response:
 async def get_inventory(request: web.Request) -> web.Response:
     principal(request).require("ops")
     sku = path_id(request, "sku", Sku)
-    return json(await with_forecast(request.app, stock_view(sku, await request.app[K.REDIS].hgetall(keys.stock(sku)))))
+    (view,) = await stock_views(request.app[K.REDIS], [sku])
+    return json(await with_forecast(request.app, view))
 
 
 async def unless_down(call: Awaitable[T], fallback: T) -> tuple[T, bool]:
@@ -299,11 +300,7 @@ async def stats(request: web.Request) -> web.Response:
         """SELECT i.sku, sum(i.qty) AS units FROM order_items i JOIN orders o ON o.order_id = i.order_id
            WHERE o.created_at > now() - $1 * interval '1 second' GROUP BY i.sku ORDER BY units DESC LIMIT 20""",
         window), [])
-    skus = [r["sku"] for r in selling]
-    pipe = app[K.REDIS].pipeline(transaction=False)
-    for sku in skus:
-        pipe.hgetall(keys.stock(sku))
-    views = [stock_view(sku, raw) for sku, raw in zip(skus, await pipe.execute(), strict=True)]
+    views = await stock_views(app[K.REDIS], [r["sku"] for r in selling])
     for view in views:
         await with_forecast(app, view)
     coalescer = app[K.COALESCER]

@@ -20,6 +20,7 @@ from msgspec import Meta, Struct
 
 from gateway import keys
 from gateway.errors import Invalid, PriceMismatch, SaleNotActive
+from gateway.inventory import active_ids, sellable
 from gateway.models import Channel, Currency, Money, OrderIn, Sku, iso_ms, sane_time
 
 
@@ -86,10 +87,12 @@ async def sale_view(redis: aioredis.Redis, sale_id: str) -> dict[str, Any] | Non
         return None
     sale = msgspec.json.decode(raw[0], type=SaleIn)
     pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.warehouses())
     for sku in sale.skus:
         pipe.hgetall(keys.stock(sku))
-    stocks = await pipe.execute()
-    remaining = sum(int(v) for stock in stocks for f, v in stock.items() if not f.startswith(b"r:"))
+    table, *stocks = await pipe.execute()
+    active = active_ids(table)  # what the sale can still sell: inactive warehouses sell nothing
+    remaining = sum(sellable(stock, active) for stock in stocks)
     view = orjson.loads(raw[0])
     view.update(sale_id=sale_id, starts_at=iso_ms(_ms(sale.starts_at)), ends_at=iso_ms(_ms(sale.ends_at)),
                 sold=int(raw[1] or 0), remaining=remaining)

@@ -1,9 +1,12 @@
 """Low stock, sold out, and the sell-out forecast.
 
-Alerts: after each batch the writer looks at the availability of the SKUs the batch
-touched and emits ``inventory.low_stock`` (at or below the threshold) or
-``inventory.sold_out`` (nothing available) when a SKU enters that state; the state is
-remembered in Redis so a SKU that stays low is not announced again until it recovers.
+Alerts: after each batch the writer looks at the availability (in active warehouses, the
+only ones that sell) of the SKUs the batch touched and emits ``inventory.low_stock`` (at or below the threshold) or
+``inventory.sold_out`` (nothing available) when a SKU gets worse than anything announced
+since it was last above the threshold. Redis remembers the worst state announced, so a SKU
+that stays low, or is restocked or given units back without recovering, is not announced
+again (no flapping between low and sold out as reservations expire near a sell-out) until
+it recovers above the threshold.
 Delivery is at least once: the event id is derived from the batch, so a re-delivered batch
 repeats nothing, while two writers seeing the same change may both announce it.
 
@@ -22,11 +25,10 @@ import redis.asyncio as aioredis
 
 from gateway import keys
 from gateway.audit import canonical
+from gateway.inventory import active_ids, sellable
 from gateway.models import iso_ms
 
-
-def available(raw: dict[bytes, bytes]) -> int:
-    return sum(int(v) for f, v in raw.items() if not f.startswith(b"r:"))
+SEVERITY = {"ok": 0, "low_stock": 1, "sold_out": 2}
 
 
 async def alerts(
@@ -34,15 +36,18 @@ async def alerts(
 ) -> tuple[list[tuple[Any, ...]], dict[str, str]]:
     """Event rows to append and the states to remember once they are committed."""
     pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.warehouses())
     for sku in skus:
         pipe.hgetall(keys.stock(sku))
         pipe.get(keys.stock_state(sku))
-    replies = await pipe.execute()
+    table, *replies = await pipe.execute()
+    active = active_ids(table)  # units in an inactive warehouse sell nothing: they do not count
     events, states = [], {}
     for sku, raw, before in zip(skus, replies[::2], replies[1::2], strict=True):
-        left = available(raw)
+        left = sellable(raw, active)
         state = "sold_out" if left == 0 else "low_stock" if left <= threshold else "ok"
-        if state == (before.decode() if before else "ok"):
+        worst = before.decode() if before else "ok"  # announced since it was last above the threshold
+        if state == worst or 0 < SEVERITY[state] < SEVERITY[worst]:
             continue
         states[sku] = state
         if state != "ok":

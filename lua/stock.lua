@@ -8,7 +8,8 @@
 --
 -- Returns {-2} while the ready marker is missing (Redis lost its data or is being rebuilt),
 -- {0, warehouse, reserved, requested_on_hand} when on hand would drop below what is
--- reserved there (nothing changed), else {1, HGETALL of the stock hash}.
+-- reserved there (nothing changed), else {1, HGETALL of the stock hash, HGETALL of the
+-- warehouses hash} (the view counts only active warehouses as available).
 -- Each on-hand change is one "inventory.moved" stream entry, which the writers turn into
 -- an inventory_movements ledger row; a warehouse seen here for the first time is
 -- registered with priority 100 so allocation can use it.
@@ -42,4 +43,4 @@ for _, c in ipairs(changes) do
   end
 end
 if registered then redis.call('INCR', version_key) end
-return {1, redis.call('HGETALL', stock_key)}
+return {1, redis.call('HGETALL', stock_key), redis.call('HGETALL', wh_key)}

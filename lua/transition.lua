@@ -14,6 +14,7 @@
 --          restored when Redis no longer holds it (its record outlived OMS_IDEMPOTENCY_TTL)
 -- ARGV[11] the restock channel: a release publishes each SKU there, so every process forgets
 --          that it was sold out (gateway/soldout.py)
+-- ARGV[12..] the SKU of each order line, in line order (the stock keys are not parsed back)
 --
 -- Returns one of
 --   {-2}                     Redis lost its data or is being rebuilt (nothing changed)
@@ -76,8 +77,8 @@ if effect ~= 'none' then
   local j = 0
   for group in string.gmatch(rec[3], '[^;]+') do
     j = j + 1
-    local stock_key = KEYS[6 + j]
-    if effect == 'release' then redis.call('PUBLISH', ARGV[11], string.match(stock_key, ':stock:(.+)$')) end
+    local stock_key, sku = KEYS[6 + j], ARGV[11 + j]
+    if effect == 'release' then redis.call('PUBLISH', ARGV[11], sku) end
     for wh, qty in string.gmatch(group, '([^=,]+)=(%d+)') do
       qty = tonumber(qty)
       units = units + qty
@@ -87,7 +88,6 @@ if effect ~= 'none' then
       else
         local left = redis.call('HMGET', stock_key, wh, 'r:' .. wh)
         local on_hand = tonumber(left[1] or '0') + tonumber(left[2] or '0')
-        local sku = string.match(stock_key, ':stock:(.+)$')
         redis.call('XADD', events_key, '*', 't', 'inventory.moved', 's', sku, 'w', wh,
           'd', string.format('%d', -qty), 'h', string.format('%d', on_hand), 'r', 'shipment',
           'o', order_id)

@@ -2,15 +2,20 @@
 
 ``OMS_TEST_REDIS_URL`` / ``OMS_TEST_DATABASE_URL`` point the suite at servers of your
 own; otherwise it starts embedded Valkey and PostgreSQL in a temporary directory.
+A test fails when the event loop reported an error nobody handled while it ran (a task
+that died unobserved, an exception in a callback), as asyncpg's test base does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,59 @@ def as_user(sub: str) -> dict[str, str]:
 def order_body(order_id: str, user_id: str = "u-1", items: Any = None, **extra: Any) -> dict[str, Any]:
     return {"order_id": order_id, "user_id": user_id, "channel": "web",
             "items": items if items is not None else [{"sku": "SKU-1", "qty": 1}], **extra}
+
+
+class LoopErrors:
+    """An event-loop exception handler that records every context it is given."""
+
+    def __init__(self) -> None:
+        self.contexts: list[dict[str, Any]] = []
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.contexts.append(context)
+
+    def report(self) -> str:
+        lines = []
+        for context in self.contexts:
+            lines.append(str(context.get("message", "unhandled error in the event loop")))
+            for name in ("task", "future", "handle"):
+                if name in context:
+                    lines.append(f"  {name}: {context[name]!r}")
+            exc = context.get("exception")
+            if exc is not None:
+                lines.append("".join(traceback.format_exception(exc)).rstrip())
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def loop_errors_recorded(loop: asyncio.AbstractEventLoop) -> Iterator[LoopErrors]:
+    """Record what ``loop`` reports while the block runs, then restore its previous handler.
+
+    Collects garbage before leaving: a task that died with nobody awaiting it reports
+    "Task exception was never retrieved" only when it is collected.
+    """
+    previous = loop.get_exception_handler()
+    errors = LoopErrors()
+    loop.set_exception_handler(errors)
+    try:
+        yield errors
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+
+
+@pytest.fixture(autouse=True)
+async def loop_errors() -> AsyncIterator[LoopErrors]:
+    """Fail the test, at teardown, if the event loop reported an error nobody handled.
+
+    Autouse and function-scoped, it is set up before the test's other fixtures and torn
+    down after them, so errors while gateways and clients close count too. The loop is the
+    session's: the handler is installed per test and the previous one put back.
+    """
+    with loop_errors_recorded(asyncio.get_running_loop()) as errors:
+        yield errors
+    if errors.contexts:
+        pytest.fail("the event loop reported error(s) nobody handled:\n" + errors.report(), pytrace=False)
 
 
 @dataclasses.dataclass

@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
+from gateway import keys
 from gateway.config import DEV_ADMIN_KEY, DEV_JWT_SECRET, ConfigError, Settings
 from tests.conftest import API_KEYS, SECRET, as_user, auth, order_body, user_token
 
 SKU = "SKU-1"
-ORDER_KEYS = "oms:{p0}:order:*"
-EXPIRY = "oms:{p0}:expiry"
-EVENTS = "oms:{p0}:events"
-WAREHOUSES = "oms:{p0}:warehouses"
+ORDER_KEYS = keys.pattern("order")
+EXPIRY = keys.expiry()
+EVENTS = keys.events()
+WAREHOUSES = keys.warehouses()
 OTHER_SECRET = "another-secret-that-is-long-enough-0123456789"
 PROD_SECRET = "production-secret-0123456789abcdef"
 PROD_KEYS = "admin=prod-admin-key-9f8e7d,storefront:web=prod-web-key-1a2b3c"

@@ -9,12 +9,13 @@ import orjson
 import pytest
 
 from gateway import appkeys as K
+from gateway import keys
 from tests.conftest import auth, order_body
 
 SKU = "SKU-1"
-ORDER_KEYS = "oms:{p0}:order:*"
-EVENTS = "oms:{p0}:events"
-WAREHOUSES = "oms:{p0}:warehouses"
+ORDER_KEYS = keys.pattern("order")
+EVENTS = keys.events()
+WAREHOUSES = keys.warehouses()
 DEEP = 30_000  # levels of nesting that still fit under max_body
 
 

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import keys
 from tests.conftest import auth
 
 SKU = "P-1"
@@ -55,7 +56,7 @@ QUERIES = {
 HOSTILE_TEXT = st.one_of(
     st.text(max_size=40),
     st.builds(lambda a, c, b: a + c + b, st.text(max_size=6), st.characters(categories=["Cc"]), st.text(max_size=6)),
-    st.sampled_from(["", " ", "\x00", "u-1\n", "W1\n", "*", "{p0}", "oms:{p0}:stock:P-1", "r:W1", "a" * 300,
+    st.sampled_from(["", " ", "\x00", "u-1\n", "W1\n", "*", "{p0}", keys.stock(SKU), "r:W1", "a" * 300,
                      "\u2028", "\ufeff", "../x", "%00", "null", "east|west", "1e400"]),
 )
 HOSTILE_NUMBER = st.one_of(

@@ -458,6 +458,37 @@ async def test_restock_during_flash_sale_sells_exactly_the_new_units(gw, pg):
     assert await pg_on_hand(pg, "HOT") == {"W1": 80}
 
 
+# --- inactive warehouses --------------------------------------------------------------------
+
+async def put_warehouse(gw, wid: str, **body: Any) -> None:
+    resp = await gw.client.put(f"/v1/warehouses/{wid}", json=body, headers=OPS)
+    assert resp.status in (200, 201), await resp.text()
+
+
+async def test_inactive_warehouse_is_listed_but_its_units_are_not_available(gw):
+    await put_stock(gw, "SKU-1", {"W1": 7, "W2": 5})
+    await order(gw, "o-1", qty=2)  # both priority 100: W1 first by id
+    await put_warehouse(gw, "W1", active=False)
+    stock = await gw.stock("SKU-1")
+    assert stock["warehouses"] == {"W1": {"on_hand": 7, "reserved": 2, "available": 5, "active": False},
+                                   "W2": {"on_hand": 5, "reserved": 0, "available": 5}}
+    assert (stock["on_hand"], stock["reserved"], stock["available"]) == (12, 2, 5)
+    # the plan and the reserve script offer exactly that
+    plan = await gw.client.post("/v1/allocations/plan", json={"items": [{"sku": "SKU-1", "qty": 6}]}, headers=OPS)
+    assert (await plan.json())["unfilled"] == [{"sku": "SKU-1", "qty": 1}]
+    short = await gw.post("/v1/orders", order_body("o-2", items=[{"sku": "SKU-1", "qty": 6}]))
+    assert short.status == 409 and (await short.json())["missing"] == 1
+    # set and adjust answer the same view
+    put = await put_stock(gw, "SKU-1", {"W2": 6})
+    assert counts(await put.json()) == counts(await gw.stock("SKU-1"))
+    assert (await put.json())["available"] == 6
+    adjusted = await (await adjust(gw, "SKU-1", "W1", 1)).json()
+    assert adjusted["available"] == 6 and adjusted["warehouses"]["W1"]["active"] is False
+    await put_warehouse(gw, "W1", active=True)
+    back = await gw.stock("SKU-1")
+    assert back["available"] == 12 and "active" not in back["warehouses"]["W1"]
+
+
 # --- auth ------------------------------------------------------------------------------------
 
 CALLS = [

@@ -20,7 +20,7 @@ from tests.conftest import auth, order_body
 
 ROOT = Path(__file__).resolve().parent.parent
 SKUS = ("SKU-1", "SKU-2")
-READY = "oms:{p0}:ready"
+READY = keys.ready()
 
 
 def at(seconds: float) -> str:
@@ -166,6 +166,17 @@ async def test_rebuilt_sale_keeps_per_user_limits(gw, redis, pg):
     assert (await gw.post("/v1/orders", sale_order("l-4", "u-7", 3))).status == 201  # refunded before shipping
 
 
+async def test_forced_rebuild_drops_counters_postgres_does_not_back(gw, redis, pg):
+    await workload(gw)
+    ghost = keys.sale_user("s1", "ghost")
+    legacy = keys.sale("s1:u:u-9")  # where u-9's units in s1 lived before keys were injective
+    for key in (ghost, legacy):
+        await redis.hset(key, "units", 2)
+    await run_rebuild(gw, pg, force=True)
+    assert not await redis.exists(ghost, legacy)
+    assert await redis.hget(keys.sale_user("s1", "u-9"), "units") == b"3"
+
+
 async def test_flash_sale_after_rebuild_never_oversells(gw, redis, pg):
     await workload(gw)
     await lose_redis(gw, redis)
@@ -191,14 +202,14 @@ async def keyspace(redis) -> dict[bytes, object]:
     """Every key with its content, and whether it expires (versions are bumped by design; a
     holder's score is when its record expires, so like a TTL it is only read as present)."""
     dump: dict[bytes, object] = {}
-    async for key in redis.scan_iter(match="oms:*"):
+    async for key in redis.scan_iter(match=keys.all_pattern()):
         kind = (await redis.type(key)).decode()
-        if key.endswith(b"_version") or kind == "stream":
+        if keys.parse(key)[0] in ("wh_version", "sale_version") or kind == "stream":
             continue
         read = {"hash": redis.hgetall, "zset": lambda k: redis.zrange(k, 0, -1, withscores=True),
                 "set": redis.smembers, "string": redis.get}[kind]
         content = await read(key)
-        if key.startswith(keys.holders("").encode()):
+        if keys.parse(key)[0] == "holders":
             content = sorted(member for member, _ in content)
         dump[key] = (content, await redis.ttl(key) > 0)
     return dump

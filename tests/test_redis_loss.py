@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from gateway import appkeys as K
-from gateway import reconciler
+from gateway import keys, reconciler
 from gateway.app import mark_ready
 from gateway.errors import NotReady
 from tests.conftest import auth, order_body
@@ -30,17 +30,17 @@ async def test_flushed_redis_answers_503_not_insufficient_stock(gw, redis, pg):
     pay = await gw.client.post("/v1/orders/o-1/payment", json={"payment_id": "p", "amount": 0},
                                headers=auth("k-pay"))
     assert pay.status == 503
-    assert not await redis.exists("oms:{p0}:stock:SKU-1")
+    assert not await redis.exists(keys.stock("SKU-1"))
 
 
 async def test_start_on_empty_redis_marks_ready_only_when_postgres_is_empty(gw, redis, pg):
-    await redis.delete("oms:{p0}:ready")
+    await redis.delete(keys.ready())
     assert await mark_ready(redis, pg) is True  # nothing in PostgreSQL: a new system
     await gw.set_stock("SKU-1", {"W1": 5})
     await gw.caught_up()
-    await redis.delete("oms:{p0}:ready")
+    await redis.delete(keys.ready())
     assert await mark_ready(redis, pg) is False
-    assert not await redis.exists("oms:{p0}:ready")
+    assert not await redis.exists(keys.ready())
 
 
 async def test_repair_refuses_a_redis_that_lost_everything(gw, redis, pg, backends):
@@ -54,4 +54,4 @@ async def test_repair_refuses_a_redis_that_lost_everything(gw, redis, pg, backen
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode == 2 and b"rebuild-redis" in err
-    assert not await redis.exists("oms:{p0}:stock:SKU-1")
+    assert not await redis.exists(keys.stock("SKU-1"))

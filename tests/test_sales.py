@@ -37,6 +37,16 @@ async def test_sale_put_creates_then_updates_and_get_shows_live_counts(gw):
     assert (await gw.client.get("/v1/sales/s11", headers=auth("k-web"))).status == 403
 
 
+async def test_remaining_counts_only_what_active_warehouses_can_sell(gw):
+    await gw.set_stock("HOT", {"W1": 10, "W2": 4})
+    await gw.set_stock("WARM", {"W2": 5})
+    await put_sale(gw)
+    resp = await gw.client.put("/v1/warehouses/W2", json={"active": False}, headers=auth("k-ops"))
+    assert resp.status == 201
+    view = await (await gw.client.get("/v1/sales/s11", headers=auth("k-ops"))).json()
+    assert view["remaining"] == 10
+
+
 async def test_orders_outside_the_window_are_refused(gw):
     await gw.set_stock("HOT", {"W1": 10})
     await put_sale(gw, starts_at=at(600), ends_at=at(1200))

@@ -41,6 +41,57 @@ async def test_low_stock_and_sold_out_are_announced_once_per_change(gw, pg):
     assert broken is None and checked == 6 + 3
 
 
+def count(events, kind):
+    return sum(t == f"inventory.{kind}" for t, _, _ in events)
+
+
+async def test_a_restock_that_stays_low_announces_nothing(gw):
+    """Low stock is announced once until the SKU recovers above the threshold (default 10)."""
+    await gw.set_stock("SKU-1", {"W1": 20})
+    await buy(gw, "o-1", 12)  # 8 left
+    assert await inventory_events(gw) == [("inventory.low_stock", 8, None)]
+    await gw.set_stock("SKU-1", {"W1": 21})  # 9 left
+    await buy(gw, "o-2", 9)
+    assert await inventory_events(gw) == [("inventory.low_stock", 8, None), ("inventory.sold_out", 0, None)]
+    await gw.set_stock("SKU-1", {"W1": 26})  # 5 left after selling out: still low
+    events = await inventory_events(gw)
+    assert count(events, "low_stock") == 1 and len(events) == 2
+    await buy(gw, "o-3", 5)  # and gone again, never having recovered: nothing new
+    assert len(await inventory_events(gw)) == 2
+    await gw.set_stock("SKU-1", {"W1": 50})  # 24 left: recovered
+    await buy(gw, "o-4", 14)  # 10 left
+    assert count(await inventory_events(gw), "low_stock") == 2
+
+
+async def test_units_given_back_near_sell_out_announce_nothing(gw):
+    """Reservations cancelled or expiring after a sell-out do not make the alerts flap."""
+    await gw.set_stock("SKU-1", {"W1": 12})
+    await buy(gw, "o-1", 4)
+    assert count(await inventory_events(gw), "low_stock") == 1
+    await buy(gw, "o-2", 8)
+    assert [t for t, _, _ in await inventory_events(gw)] == ["inventory.low_stock", "inventory.sold_out"]
+    cancel = await gw.client.post("/v1/orders/o-1/cancel", json={"reason": "ops"}, headers=auth("k-ops"))
+    assert cancel.status == 200
+    await buy(gw, "o-3", 1)  # 3 left: low, as announced
+    assert len(await inventory_events(gw)) == 2
+    await buy(gw, "o-4", 3)  # sold out again, as announced
+    assert len(await inventory_events(gw)) == 2
+
+
+async def test_units_in_an_inactive_warehouse_neither_keep_a_sku_off_low_stock_nor_show_in_stats(gw):
+    await gw.set_stock("SKU-1", {"W1": 6, "W2": 50})
+    resp = await gw.client.put("/v1/warehouses/W2", json={"active": False}, headers=auth("k-ops"))
+    assert resp.status == 201
+    await buy(gw, "o-1", 1)
+    assert await inventory_events(gw) == [("inventory.low_stock", 5, None)]
+    await buy(gw, "o-2", 5)
+    assert await inventory_events(gw) == [("inventory.low_stock", 5, None), ("inventory.sold_out", 0, None)]
+    stats = await (await gw.client.get("/v1/stats", headers=auth("k-ops"))).json()
+    (view,) = stats["skus"]
+    assert view["available"] == 0 and view["warehouses"]["W2"]["active"] is False
+    assert view["sell_out_eta"] is None
+
+
 async def test_threshold_is_configurable(make_gateway):
     gw = await make_gateway(low_stock=0)
     await gw.set_stock("SKU-1", {"W1": 3})

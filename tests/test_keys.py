@@ -1,0 +1,136 @@
+"""Redis keys are injective: no two (kind, ids) give the same key, whatever the ids hold."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import keys
+from tests.conftest import auth, order_body
+
+BUILDERS = {
+    "stock": keys.stock, "order": keys.order, "holders": keys.holders, "expiry": keys.expiry,
+    "events": keys.events, "warehouses": keys.warehouses, "wh_version": keys.wh_version, "sale": keys.sale,
+    "sales": keys.sales, "sale_version": keys.sale_version, "sale_user": keys.sale_user,
+    "stockstate": keys.stock_state, "ready": keys.ready,
+}
+# Characters that mean something in a key (separator, hash tag, glob, digits of a length
+# prefix) or in the kind words, and any other character a user id may hold.
+HOSTILE = st.sampled_from(list(":{}*?[]\\0129u_sale") + ["é", "中", "🛒"]) | st.characters(exclude_categories=("Cc", "Cs"))
+ids = st.text(HOSTILE, max_size=12)
+kinds = st.sampled_from(sorted(keys.KINDS))
+
+
+@st.composite
+def inputs(draw):
+    kind = draw(kinds)
+    return kind, tuple(draw(ids) for _ in range(keys.KINDS[kind]))
+
+
+def key_of(kind: str, key_ids: tuple[str, ...]) -> str:
+    return BUILDERS[kind](*key_ids)
+
+
+def test_every_kind_has_a_builder():
+    assert set(BUILDERS) == set(keys.KINDS)
+
+
+@given(inputs(), inputs())
+def test_different_inputs_never_give_the_same_key(a, b):
+    assert (key_of(*a) == key_of(*b)) == (a == b)
+
+
+def readings(key: str):
+    """Every (kind, ids) whose ids are the key's ``:``-separated pieces, cut anywhere: the
+    inputs a naive join of kind and ids would confuse with each other."""
+    pieces = key.removeprefix(f"{keys.PREFIX}:{keys.partition()}:").split(":")
+    for kind, arity in keys.KINDS.items():
+        if pieces[0] != kind or (arity == 0) != (len(pieces) == 1):
+            continue
+        rest = pieces[1:]
+        if arity == 1:
+            yield kind, (":".join(rest),)
+        elif arity == 2:
+            for cut in range(1, len(rest)):
+                yield kind, (":".join(rest[:cut]), ":".join(rest[cut:]))
+        else:
+            yield kind, ()
+
+
+@given(inputs())
+def test_no_other_reading_of_a_key_gives_it(a):
+    key = key_of(*a)
+    for other in readings(key):
+        assert key_of(*other) != key or other == a
+
+
+@given(inputs())
+def test_every_key_parses_back_to_its_kind_and_ids(a):
+    kind, key_ids = a
+    key = key_of(kind, key_ids)
+    assert keys.parse(key) == (kind, "{p0}", key_ids)
+    assert keys.parse(key.encode()) == (kind, "{p0}", key_ids)
+
+
+@given(inputs())
+def test_the_partition_tag_is_the_first_hash_tag(a):
+    key = key_of(*a)
+    start = key.index("{")
+    assert key[start:key.index("}", start) + 1] == keys.partition()
+
+
+@given(inputs())
+def test_a_scan_pattern_matches_its_own_kind_only(a):
+    kind, key_ids = a
+    key = key_of(kind, key_ids)
+    for other, arity in keys.KINDS.items():
+        if arity:
+            prefix = keys.pattern(other).removesuffix("*")
+            assert key.startswith(prefix) == (other == kind)
+
+
+def test_the_reported_collision_is_gone():
+    assert keys.sale("kc:u:bob") != keys.sale_user("kc", "bob")
+    assert keys.sale_user("a:1", "b") != keys.sale_user("a", "1:b")
+
+
+def test_single_id_keys_keep_their_format():
+    """Existing deployments keep their stock, orders and sales across the upgrade."""
+    assert keys.stock("SKU-1") == "oms:{p0}:stock:SKU-1"
+    assert keys.order("web:1") == "oms:{p0}:order:web:1"
+    assert keys.sale("s11") == "oms:{p0}:sale:s11"
+    assert keys.ready() == "oms:{p0}:ready"
+
+
+def at(seconds: float) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
+
+
+async def test_a_sale_named_like_a_users_counter_leaves_that_counter_alone(gw, redis):
+    """Sale ``kc:u:bob`` and user ``bob``'s units in sale ``kc`` used to share one hash: an
+    order of bob's in ``kc`` put an expiry on the other sale's rules, and writing that
+    sale's rules wiped bob's units, so he could buy past his limit."""
+    await gw.set_stock("HOT", {"W1": 10})
+    window = {"starts_at": at(-60), "ends_at": at(3600)}
+    for sale_id, limit in (("kc", 1), ("kc:u:bob", 5)):
+        resp = await gw.client.put(f"/v1/sales/{sale_id}", headers=auth("k-ops"),
+                                   json={"skus": ["HOT"], "per_user_limit": limit, **window})
+        assert resp.status == 201, await resp.text()
+
+    def in_sale(order_id, sale_id):
+        return order_body(order_id, "bob", [{"sku": "HOT", "qty": 1}], sale_id=sale_id)
+
+    assert (await gw.post("/v1/orders", in_sale("kc-1", "kc"))).status == 201
+    assert await redis.ttl(keys.sale("kc:u:bob")) == -1  # the other sale's rules live on
+    resp = await gw.client.put("/v1/sales/kc:u:bob", headers=auth("k-ops"),
+                               json={"skus": ["HOT"], "per_user_limit": 4, **window})
+    assert resp.status == 200
+    again = await gw.post("/v1/orders", in_sale("kc-2", "kc"))
+    assert again.status == 409 and (await again.json())["code"] == "limit_exceeded"
+    other = await gw.post("/v1/orders", in_sale("kcub-1", "kc:u:bob"))
+    assert other.status == 201
+    views = [await (await gw.client.get(f"/v1/sales/{s}", headers=auth("k-ops"))).json() for s in ("kc", "kc:u:bob")]
+    assert [v["sold"] for v in views] == [1, 1]
+    assert views[1]["per_user_limit"] == 4
