@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 
 from bench.load import percentile
-from gateway.audit import GENESIS, chain_hash
+from gateway.chain import GENESIS, chain_hash
 from gateway.writer import Rows
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -39,7 +39,7 @@ from bench import procs
 from bench.load import HEADERS, closed_loop, open_loop, open_loop_procs, order_body, raise_fd_limit
 from bench.report import report
 from bench.rows import Visibility, copy_rate, wait_rows, watch_drain
-from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
 
 ROOT = Path(__file__).resolve().parent.parent
 STOCK = 10_000_000

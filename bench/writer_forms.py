@@ -25,7 +25,7 @@ import uvloop
 
 from bench.rows import batch, ts
 from gateway import db
-from gateway.embedded import EmbeddedPostgres
+from gateway.ops.embedded import EmbeddedPostgres
 from gateway.writer import EVENTS_LOCK, Rows
 
 

@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 import orjson
-from redis.exceptions import NoScriptError, RedisError
 
 from gateway import keys
 from gateway.errors import (
@@ -34,6 +33,7 @@ from gateway.models import OrderIn, encode, render_order
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
 from gateway.soldout import SoldOut
+from gateway.wire import Reserve
 
 log = logging.getLogger(__name__)
 
@@ -177,47 +177,27 @@ class Coalescer:
         while True:
             ks, args = reserve_call(orders, self.warehouses, self.sales, self.strategy, self.ttl_ms,
                                     self.record_ttl)
-            reply = await self._call(ks, args)
-            if int(reply[0]) == -2:
+            reply = await self.scripts.call("reserve", ks, args, wait_aof=self.wait_aof)
+            if int(reply[0]) == Reserve.NOT_READY:
                 raise NotReady()
-            if int(reply[0]) != -1:
+            if int(reply[0]) != Reserve.STALE_WAREHOUSES:
                 break
             await self.warehouses.load()  # another process changed warehouses: plan again
         await self.sales.refresh(int(reply[1]))
         return [self._decode(order, payload, r, epoch) for (order, payload, _), r in zip(batch, reply[2:], strict=True)]
 
-    async def _call(self, ks: list[str], args: list[Any]) -> Any:
-        if not self.wait_aof:
-            return await self.scripts.call("reserve", ks, args)
-        pipe = self.scripts.redis.pipeline(transaction=False)
-        pipe.evalsha(self.scripts.shas["reserve"], len(ks), *ks, *args)
-        pipe.execute_command("WAITAOF", 1, 0, 1000)
-        try:
-            reply, acked = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            raise BackendDown("Redis is unreachable") from exc
-        if isinstance(reply, NoScriptError):
-            await self.scripts.load()
-            return await self._call(ks, args)
-        if isinstance(reply, Exception):
-            raise reply
-        if isinstance(acked, Exception) or int(acked[0]) < 1:
-            raise BackendDown("Redis did not confirm the append-only file was synced")
-        return reply
-
     def _decode(self, order: OrderIn, payload: bytes, r: list[Any], epoch: int) -> Result | Exception:
         code = int(r[0])
-        if code in (1, 2):
-            body = render_order(
-                orjson.loads(payload), r[1].decode(), int(r[2]), int(r[3]),
-                "pending_payment" if code == 1 else r[4].decode(),
-            )
-            return (201 if code == 1 else 200, body)
-        if code == 3:
+        if code == Reserve.ACCEPTED or code == Reserve.REPLAYED:
+            accepted = code == Reserve.ACCEPTED
+            body = render_order(orjson.loads(payload), r[1].decode(), int(r[2]), int(r[3]),
+                                "pending_payment" if accepted else r[4].decode())
+            return (201 if accepted else 200, body)
+        if code == Reserve.MISMATCH:
             return IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
-        if code == 5:
+        if code == Reserve.SALE_REFUSED:
             return Coalescer._sale_refusal(order, r[1].decode(), int(r[2]), int(r[3]))
-        line, missing = int(r[1]), int(r[2])
+        line, missing = int(r[1]), int(r[2])  # Reserve.SHORT
         sku = order.items[line].sku
         if missing == order.items[line].qty and self.soldout is not None:  # nothing left anywhere
             self.soldout.mark(sku, epoch)

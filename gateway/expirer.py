@@ -11,20 +11,20 @@ import asyncio
 import logging
 
 import orjson
-from aiohttp import web
 
-from gateway import appkeys as K
 from gateway import keys
 from gateway.errors import GatewayError
 from gateway.faults import log_retry
 from gateway.orders import check_reply, transition_call
+from gateway.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
 
 class Expirer:
-    def __init__(self, app: web.Application, *, interval: float = 0.25, batch: int = 500) -> None:
-        self.app = app
+    def __init__(self, scripts: Scripts, *, record_ttl: int, interval: float = 0.25, batch: int = 500) -> None:
+        self.scripts = scripts
+        self.record_ttl = record_ttl
         self.interval = interval
         self.batch = batch
         self.expired = 0
@@ -64,7 +64,7 @@ class Expirer:
 
     async def expire_due(self) -> int:
         """Expire up to ``batch`` orders whose reservation has run out; returns how many were due."""
-        redis = self.app[K.REDIS]
+        redis = self.scripts.redis
         sec, usec = await redis.time()
         now_ms = sec * 1000 + usec // 1000
         due = await redis.zrangebyscore(keys.expiry(), "-inf", now_ms, start=0, num=self.batch)
@@ -74,20 +74,13 @@ class Expirer:
         for order_id in due:
             pipe.hget(keys.order(order_id.decode()), "p")
         payloads = await pipe.execute()
-        scripts = self.app[K.SCRIPTS]
-        ttl = self.app[K.SETTINGS].idempotency_ttl
-        pipe = redis.pipeline(transaction=False)
-        calls = []
-        for order_id, raw in zip((d.decode() for d in due), payloads, strict=True):
-            if raw is None:  # record gone: nothing left to expire
-                pipe.zrem(keys.expiry(), order_id)
-                continue
-            ks, args = transition_call(order_id, orjson.loads(raw), "expire", {"reason": "expired"},
-                                       reason="expired", record_ttl=ttl)
-            pipe.evalsha(scripts.shas["transition"], len(ks), *ks, *args)
-            calls.append(order_id)
-        replies = await pipe.execute(raise_on_error=False)
-        for reply in replies:
+        gone = [d for d, raw in zip(due, payloads, strict=True) if raw is None]
+        if gone:  # record gone: nothing left to expire
+            await redis.zrem(keys.expiry(), *gone)
+        calls = [transition_call(d.decode(), orjson.loads(raw), "expire", {"reason": "expired"}, reason="expired",
+                                 record_ttl=self.record_ttl)
+                 for d, raw in zip(due, payloads, strict=True) if raw is not None]
+        for reply in await self.scripts.call_many("transition", calls) if calls else []:
             if isinstance(reply, list):
                 try:
                     _, changed = check_reply(reply, "expire")

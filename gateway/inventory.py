@@ -20,11 +20,11 @@ from gateway.errors import BelowReserved, NotReady
 from gateway.models import WarehouseIn
 from gateway.scripts import Scripts
 from gateway.soldout import restocked
+from gateway.wire import RESERVED_PREFIX, Stock, decode_warehouse, encode_warehouse
 
 
 def _decode_warehouse(wid: str, raw: str) -> Warehouse:
-    priority, region, active = raw.split("|")
-    return Warehouse(wid, int(priority), region or None, active == "1")
+    return Warehouse(wid, *decode_warehouse(raw))
 
 
 class WarehouseCache:
@@ -59,7 +59,7 @@ def active_ids(table: dict[bytes, bytes]) -> frozenset[str]:
 
 def sellable(raw: dict[bytes, bytes], active: Collection[str]) -> int:
     """Units of a stock hash an order could get now: available in active warehouses."""
-    return sum(int(v) for f, v in raw.items() if not f.startswith(b"r:") and f.decode() in active)
+    return sum(int(v) for f, v in raw.items() if not f.startswith(RESERVED_PREFIX.encode()) and f.decode() in active)
 
 
 def stock_view(sku: str, raw: dict[bytes, bytes], active: Collection[str]) -> dict[str, Any]:
@@ -72,9 +72,9 @@ def stock_view(sku: str, raw: dict[bytes, bytes], active: Collection[str]) -> di
     fields = {k.decode(): int(v) for k, v in raw.items()}
     warehouses: dict[str, dict[str, Any]] = {}
     for field, available in sorted(fields.items()):
-        if field.startswith("r:"):
+        if field.startswith(RESERVED_PREFIX):
             continue
-        reserved = fields.get("r:" + field, 0)
+        reserved = fields.get(RESERVED_PREFIX + field, 0)
         warehouses[field] = {"on_hand": available + reserved, "reserved": reserved, "available": available}
         if field not in active:
             warehouses[field]["active"] = False
@@ -107,9 +107,9 @@ async def change_stock(
         args += [wh, value]
     ks = [keys.stock(sku), keys.events(), keys.warehouses(), keys.wh_version(), keys.ready()]
     reply = await scripts.call("stock", ks, args)
-    if int(reply[0]) == -2:
+    if int(reply[0]) == Stock.NOT_READY:
         raise NotReady()
-    if int(reply[0]) == 0:
+    if int(reply[0]) == Stock.BELOW_RESERVED:
         wh, reserved, target = reply[1].decode(), int(reply[2]), int(reply[3])
         raise BelowReserved(
             f"{sku} in {wh}: on hand {target} would be below the {reserved} reserved unit(s)",
@@ -137,7 +137,7 @@ async def put_warehouse(
         wid, w.region, w.priority, w.active,
     )
     pipe = redis.pipeline(transaction=True)
-    pipe.hset(keys.warehouses(), wid, f"{w.priority}|{w.region or ''}|{int(w.active)}")
+    pipe.hset(keys.warehouses(), wid, encode_warehouse(w.priority, w.region, w.active))
     pipe.incr(keys.wh_version())
     pipe.publish(keys.RESTOCK, "*")  # an activated warehouse brings units of every SKU
     await pipe.execute()

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.errors import BadRequest, Invalid
+from gateway.wire import alloc_rows
 
 # Patterns match the whole string: ``\Z``, not ``$``, which also matches before a trailing
 # newline ("nl-1\n" passed ``^...$``). Free text refuses C0 and C1 control characters and
@@ -197,16 +198,6 @@ def iso_ms(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms // 1000, dt.UTC).isoformat()[:19] + f".{ms % 1000:03d}Z"
 
 
-def parse_alloc(items: list[dict[str, Any]], alloc: str) -> list[dict[str, Any]]:
-    """Expand the script's ``wh=qty,...;...`` (one group per line) into allocation rows."""
-    rows = []
-    for item, group in zip(items, alloc.split(";"), strict=True):
-        for part in group.split(","):
-            wh, _, qty = part.partition("=")
-            rows.append({"sku": item["sku"], "warehouse": wh, "qty": int(qty)})
-    return rows
-
-
 def render_order(
     payload: dict[str, Any], alloc: str, created_ms: int, until_ms: int, status: str
 ) -> dict[str, Any]:
@@ -218,7 +209,7 @@ def render_order(
         "channel": payload["channel"],
         "sale_id": payload.get("sale_id"),
         "items": payload["items"],
-        "allocations": parse_alloc(payload["items"], alloc),
+        "allocations": alloc_rows(payload["items"], alloc),
         "reserved_until": iso_ms(until_ms),
         "created_at": iso_ms(created_ms),
     }

@@ -7,16 +7,14 @@ script call checks the state machine and applies status, stock and event togethe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
-from aiohttp import web
 
-from gateway import appkeys as K
 from gateway import keys, lifecycle
-from gateway.auth import Principal
 from gateway.errors import (
     AmountMismatch,
     IllegalTransition,
@@ -26,16 +24,10 @@ from gateway.errors import (
     ReservationExpired,
 )
 from gateway.models import decode_order, encode, render_order
+from gateway.scripts import Scripts
+from gateway.wire import Transition
 
 RECORD_FIELDS = ("p", "a", "c", "u", "s")
-
-
-def may_read(who: Principal, user_id: str, channel: str) -> bool:
-    if who.role == "user":
-        return user_id == who.user_id
-    if who.role == "storefront":
-        return channel == who.channel
-    return who.role in ("admin", "ops", "payments")
 
 
 def total(payload: dict[str, Any]) -> int | None:
@@ -94,18 +86,20 @@ async def load_order(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str) -
 
 
 async def change(
-    app: web.Application, who: Principal, order_id: str, action: str, data: dict[str, Any],
-    *, payment_id: str = "", amount: int | None = None, reason: str = "",
+    scripts: Scripts, pool: asyncpg.Pool, order_id: str, action: str, data: dict[str, Any], *,
+    record_ttl: int, visible: Callable[[str, str], bool], user_only: bool = False, payment_id: str = "",
+    amount: int | None = None, reason: str = "",
 ) -> dict[str, Any]:
     """Apply ``action`` to the order; returns the order as it now is.
 
-    404 when the caller may not see the order; 409 ``illegal_transition`` (the order's
+    ``visible(user_id, channel)`` says whether the caller may see the order (404 when not);
+    ``user_only`` limits a buyer to the transitions from ``pending_payment``. 409 ``illegal_transition`` (the order's
     status in ``order_status``), ``reservation_expired``, ``amount_mismatch`` or
     ``payment_conflict``, each changing nothing except that a payment arriving after
     ``reserved_until`` expires the order on the spot. Repeating a transition that already happened answers the order
     as it is and writes no event.
     """
-    redis, pool = app[K.REDIS], app[K.PG]
+    redis = scripts.redis
     hydrate = ""
     raw = await redis.hget(keys.order(order_id), "p")
     if raw is None:
@@ -114,14 +108,15 @@ async def change(
             raise NotFound("No such order")
         raw, hydrate = record["p"].encode(), orjson.dumps(record).decode()
     payload = orjson.loads(raw)
-    if not may_read(who, payload["user_id"], payload["channel"]):
+    if not visible(payload["user_id"], payload["channel"]):
         raise NotFound("No such order")
     if action == "pay":
         expected = total(payload)
         if expected is not None and amount != expected:
             raise AmountMismatch(f"amount {amount} differs from the order total {expected}", total=expected)
-    await run_transition(app, order_id, payload, action, data, payment_id=payment_id, reason=reason,
-                         hydrate=hydrate, user_only=who.role == "user")
+    ks, args = transition_call(order_id, payload, action, data, payment_id=payment_id, reason=reason,
+                               hydrate=hydrate, record_ttl=record_ttl, user_only=user_only)
+    check_reply(await scripts.call("transition", ks, args), action)
     order = await load_order(redis, pool, order_id)
     assert order is not None
     return order
@@ -147,25 +142,18 @@ def transition_call(
 
 def check_reply(reply: list[Any], action: str) -> tuple[str, bool]:
     """(status, changed) from the script's reply, or the domain error it means."""
-    code = int(reply[0])
-    if code == 1:
+    code = Transition(int(reply[0]))
+    if code is Transition.DONE:
         return reply[1].decode(), bool(int(reply[2]))
-    if code == -2:
+    if code is Transition.NOT_READY:
         raise NotReady()
-    if code == 0:
+    if code is Transition.NO_ORDER:
         raise NotFound("No such order")
-    if code == 2:
+    if code is Transition.PAYMENT_CONFLICT:
         raise PaymentConflict("The order is already paid with another payment id")
-    if code == 3:
+    if code is Transition.ILLEGAL:
         status = reply[1].decode()
         raise IllegalTransition(f"cannot {action} an order that is {status}", order_status=status)
-    if code == 4:
+    if code is Transition.EXPIRED:
         raise ReservationExpired("The reservation expired; the order is cancelled and its stock released")
     raise IllegalTransition("the reservation has not expired yet", order_status="pending_payment")
-
-
-async def run_transition(app: web.Application, order_id: str, payload: dict[str, Any], action: str,
-                         data: dict[str, Any], **kwargs: Any) -> tuple[str, bool]:
-    ks, args = transition_call(order_id, payload, action, data,
-                               record_ttl=app[K.SETTINGS].idempotency_ttl, **kwargs)
-    return check_reply(await app[K.SCRIPTS].call("transition", ks, args), action)

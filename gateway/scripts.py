@@ -1,4 +1,5 @@
-"""Lua scripts: read from package files, loaded once at start, called by SHA.
+"""Lua scripts: read from package files, loaded once at start, called by SHA; the one owner of
+every script call (the coalescer's reserve, transitions, the expirer, stock changes, repair).
 
 A NOSCRIPT reply (server restarted or flushed its script cache) reloads the script and
 retries once. Redis connection errors and timeouts become ``BackendDown`` here
@@ -8,14 +9,17 @@ retries once. Redis connection errors and timeouts become ``BackendDown`` here
 from __future__ import annotations
 
 import importlib.resources
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
+from gateway.errors import BackendDown
 from gateway.faults import unavailable
 
 NAMES = ("reserve", "stock", "transition", "repair")
+T = TypeVar("T")
 
 
 def source(name: str) -> str:
@@ -36,13 +40,52 @@ class Scripts:
     def loaded(self) -> bool:
         return len(self.shas) == len(self.sources)
 
-    async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def call(self, name: str, keys: list[str], args: list[Any], *, wait_aof: bool = False) -> Any:
+        """One call of script ``name``: its reply, or the error it raised (see ``call_many``)."""
+        (reply,) = await self.call_many(name, [(keys, args)], wait_aof=wait_aof)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def call_many(self, name: str, calls: list[tuple[list[str], list[Any]]], *,
+                        wait_aof: bool = False) -> list[Any]:
+        """Calls of one script in one round trip; each reply, or the ResponseError it raised.
+
+        A NOSCRIPT reply (the server restarted or flushed its scripts) loads the script again
+        and sends those calls once more: a refused call did not run. With ``wait_aof`` a
+        WAITAOF travels behind the calls (one fsync for all: a group commit), and BackendDown
+        is raised unless Redis confirms its append-only file has them. A Redis fault (gone,
+        timed out, loading, busy) is BackendDown too, so no caller maps redis errors itself.
+        """
+        replies = await self._send(name, calls, wait_aof)
+        again = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if again:
+            self.shas[name] = await self._redis_call(self.redis.script_load(self.sources[name]))
+            for n, reply in zip(again, await self._send(name, [calls[n] for n in again], wait_aof), strict=True):
+                replies[n] = reply
+        return replies
+
+    async def _send(self, name: str, calls: list[tuple[list[str], list[Any]]], wait_aof: bool) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self.shas[name], len(keys), *keys, *args)
+        if wait_aof:
+            pipe.execute_command("WAITAOF", 1, 0, 1000)
+        replies = await self._redis_call(pipe.execute(raise_on_error=False))
+        if wait_aof:
+            acked = replies.pop()
+            if isinstance(acked, Exception) or int(acked[0]) < 1:
+                raise BackendDown("Redis did not confirm the append-only file was synced", backend="redis")
+        for reply in replies:
+            fault = unavailable(reply) if isinstance(reply, Exception) else None
+            if fault is not None:
+                raise fault from reply
+        return replies
+
+    @staticmethod
+    async def _redis_call(call: Awaitable[T]) -> T:
         try:
-            try:
-                return await self.redis.evalsha(self.shas[name], len(keys), *keys, *args)
-            except NoScriptError:
-                self.shas[name] = await self.redis.script_load(self.sources[name])
-                return await self.redis.evalsha(self.shas[name], len(keys), *keys, *args)
+            return await call
         except (RedisError, OSError) as exc:
             fault = unavailable(exc)
             if fault is None:

@@ -24,7 +24,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from gateway import keys
-from gateway.audit import canonical
+from gateway.chain import canonical
 from gateway.inventory import active_ids, sellable
 from gateway.models import iso_ms
 

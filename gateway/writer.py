@@ -29,8 +29,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gateway import keys, stockwatch
-from gateway.audit import GENESIS, canonical, chain_hash
+from gateway.chain import GENESIS, canonical, chain_hash
 from gateway.faults import log_retry
+from gateway.wire import parse_alloc
 
 log = logging.getLogger(__name__)
 EVENTS_LOCK = 0x6F6D7366  # advisory lock: one writer transaction at a time
@@ -359,13 +360,12 @@ class Rows:
             "pending_payment", ship_to, payload.get("currency"), f["p"], until, created,
         ))
         allocations = []
-        for line_no, (item, group) in enumerate(zip(payload["items"], f["a"].split(";"), strict=True)):
+        for line_no, (item, takes) in enumerate(zip(payload["items"], parse_alloc(f["a"]), strict=True)):
             self.items.append((order_id, line_no, item["sku"], item["qty"], item.get("unit_price")))
             self.skus.add(item["sku"])
-            for part in group.split(","):
-                wh, _, qty = part.partition("=")
-                self.allocs.append((order_id, item["sku"], wh, int(qty)))
-                allocations.append({"sku": item["sku"], "warehouse": wh, "qty": int(qty)})
+            for wh, qty in takes:
+                self.allocs.append((order_id, item["sku"], wh, qty))
+                allocations.append({"sku": item["sku"], "warehouse": wh, "qty": qty})
         data = canonical({"order": payload, "allocations": allocations, "reserved_until_ms": until})
         self.events.append((stream_id, order_id, int(f["n"]), "order.accepted", created, data.decode()))
 

@@ -27,11 +27,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import appkeys as K
 from gateway import db
-from gateway.app import create_app
 from gateway.config import Settings
-from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.web import appkeys as K
+from gateway.web.app import create_app
 
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
 API_KEYS = "admin=k-admin,ops=k-ops,payments=k-pay,storefront:web=k-web,storefront:app=k-app"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway import appkeys as K
 from gateway import keys
+from gateway.web import appkeys as K
 from tests.conftest import auth, order_body
 
 

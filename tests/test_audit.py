@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import GENESIS, event_hash, verify
+from gateway.chain import GENESIS, event_hash
+from gateway.ops.audit import verify
 from tests.conftest import as_user, auth, order_body
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import db
-from gateway.app import create_app
 from gateway.config import Settings
-from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.web.app import create_app
 from tests.conftest import API_KEYS, SECRET, Gateway, auth, order_body
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import appkeys as K
 from gateway import keys
+from gateway.web import appkeys as K
 from tests.conftest import auth, order_body
 
 SKU = "SKU-1"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from gateway import appkeys as K
 from gateway.models import decode_order
+from gateway.web import appkeys as K
 from tests.conftest import auth, order_body
 
 

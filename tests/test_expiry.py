@@ -7,7 +7,7 @@ import datetime as dt
 import time
 from collections import Counter
 
-from gateway import appkeys as K
+from gateway.web import appkeys as K
 from tests.conftest import auth, order_body
 
 
@@ -97,3 +97,18 @@ async def test_many_expiries_in_one_pass(make_gateway):
     stock = await gw.stock("SKU-1")
     assert stock["available"] == 700 and stock["reserved"] == 0
     assert gw.app[K.EXPIRER].expired == 600
+
+
+async def test_expirer_reloads_its_script_after_a_script_flush(make_gateway, redis):
+    """One owner of script calls: the expirer's transition calls reload on NOSCRIPT like the rest,
+    instead of finding nothing expired and running its pass again at once."""
+    gw = await make_gateway(reservation_ttl=1)
+    await gw.set_stock("SKU-1", {"W1": 5})
+    order = await (await gw.post("/v1/orders", order_body("e-flush", items=[{"sku": "SKU-1", "qty": 2}]))).json()
+    await until_due(order)
+    await gw.app[K.EXPIRER].close()
+    await redis.script_flush()
+    assert await gw.app[K.EXPIRER].expire_due() == 1
+    got = await (await gw.client.get("/v1/orders/e-flush", headers=auth("k-ops"))).json()
+    assert got["status"] == "cancelled"
+    assert (await gw.stock("SKU-1"))["available"] == 5

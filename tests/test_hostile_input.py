@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from gateway import keys
-from gateway.app import create_app
+from gateway.web.app import create_app
 from tests.conftest import SECRET, auth, order_body, user_token
 from tests.test_bad_input import SKU, dump, refused_without_trace, snapshot
 

@@ -19,9 +19,9 @@ import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import HttpRequestParser
 
-from gateway.app import create_app
 from gateway.config import DEV_ADMIN_KEY, DEV_JWT_SECRET, Settings
-from gateway.logsafe import SecretFilter
+from gateway.ops.logsafe import SecretFilter
+from gateway.web.app import create_app
 from tests.test_maintenance_beside_serve import private_tmp
 from tests.test_make_run import free_port
 from tests.test_supervisor import children, start_serve

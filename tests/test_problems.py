@@ -7,8 +7,8 @@ import inspect
 
 import pytest
 
-from gateway import appkeys as K
 from gateway import errors, keys
+from gateway.web import appkeys as K
 from tests.conftest import as_user, auth, order_body
 
 STANDARD = ("type", "title", "status", "code", "detail")

@@ -10,8 +10,8 @@ import sys
 import orjson
 import pytest
 
-from gateway import appkeys as K
 from gateway import keys
+from gateway.web import appkeys as K
 from tests.conftest import auth, order_body
 
 SKU = "Q-1"

@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway import appkeys as K
 from gateway import keys
-from gateway.rebuild import Refused, rebuild
+from gateway.ops.rebuild import Refused, rebuild
+from gateway.web import appkeys as K
 from tests.conftest import auth, order_body
 
 ROOT = Path(__file__).resolve().parent.parent

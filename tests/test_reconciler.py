@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import appkeys as K
 from gateway import keys
-from gateway.reconciler import reconcile, repair
+from gateway.ops.reconcile import reconcile, repair
+from gateway.web import appkeys as K
 from tests.conftest import as_user, auth, order_body
 
 ROOT = Path(__file__).resolve().parents[1]

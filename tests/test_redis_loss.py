@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from gateway import appkeys as K
-from gateway import keys, reconciler
-from gateway.app import mark_ready
+from gateway import keys
 from gateway.errors import NotReady
+from gateway.ops import reconcile as reconciler
+from gateway.web import appkeys as K
+from gateway.web.app import mark_ready
 from tests.conftest import auth, order_body
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from gateway import appkeys as K
+from gateway.web import appkeys as K
 from tests.conftest import as_user, auth, order_body
 
 

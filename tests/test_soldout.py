@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Awaitable
 from typing import Any
 
-from gateway import appkeys as K
 from gateway import keys
 from gateway.soldout import restocked
+from gateway.web import appkeys as K
 from tests.conftest import auth, order_body
 
 OPS = auth("k-ops")
@@ -200,7 +200,7 @@ async def test_redis_restarted_without_its_data_answers_503_not_sold_out(gw, red
 
 async def test_a_rebuild_makes_every_process_forget_before_it_starts(gw, redis):
     await sell_out(gw)
-    await heard(restocked(redis), gw)  # what gateway/rebuild.py publishes once the marker is gone
+    await heard(restocked(redis), gw)  # what gateway/ops/rebuild.py publishes once the marker is gone
     assert not memory(gw).remembers("SO-1")
 
 

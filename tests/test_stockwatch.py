@@ -6,7 +6,7 @@ import datetime as dt
 
 import orjson
 
-from gateway.audit import verify
+from gateway.ops.audit import verify
 from tests.conftest import auth, order_body
 
 

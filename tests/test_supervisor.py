@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 import redis as sync_redis
 
-from gateway.cli import backends as start_backends
 from gateway.config import Settings
+from gateway.ops.cli import backends as start_backends
 from tests.conftest import ADMIN, Backends, order_body
 from tests.test_make_run import ROOT, free_port
 

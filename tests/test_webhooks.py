@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway import appkeys as K
+from gateway.web import appkeys as K
 from gateway.webhooks import LOCK_CLASS, Sender, sign, verify_signature
 from tests.conftest import as_user, auth, order_body
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gateway import keys
-from gateway.audit import verify
+from gateway.ops.audit import verify
 from gateway.writer import Writer, WriterCrash
 from tests.conftest import auth, order_body
 

@@ -83,3 +83,11 @@ class Authenticator:
             self._users.clear()
         self._users[token] = (principal, float(exp))
         return principal
+
+
+def may_read(who: Principal, user_id: str, channel: str) -> bool:
+    if who.role == "user":
+        return user_id == who.user_id
+    if who.role == "storefront":
+        return channel == who.channel
+    return who.role in ("admin", "ops", "payments")

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from gateway import appkeys as K
 from gateway.errors import (
     BackendDown,
     BadRequest,
@@ -28,6 +27,7 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.faults import unavailable
+from gateway.web import appkeys as K
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,7 +107,3 @@ async def no_route(request: web.Request) -> web.StreamResponse:
         return problem_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"),
                                 {"Allow": ",".join(sorted(allowed))})
     raise NotFound(f"No route for {request.path}")
-
-
-def setup_no_route(app: web.Application) -> None:
-    app.router.add_route("*", "/{path:.*}", no_route)

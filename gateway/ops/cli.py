@@ -20,14 +20,16 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from gateway import db, logsafe, quarantine, rebuild, reconciler
-from gateway.app import create_app
-from gateway.audit import verify
+from gateway import db, quarantine
 from gateway.config import ConfigError, Settings
-from gateway.embedded import EmbeddedPostgres, EmbeddedValkey
 from gateway.errors import NotReady
+from gateway.ops import logsafe, rebuild
+from gateway.ops import reconcile as reconciler
+from gateway.ops.audit import verify
+from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.ops.supervisor import orphan_guard, run_writer, supervise
 from gateway.scripts import Scripts
-from gateway.supervisor import orphan_guard, run_writer, supervise
+from gateway.web.app import create_app
 
 log = logging.getLogger("gateway")
 TOOL_TIMEOUT = 600  # seconds a maintenance command's query may take (a rebuild reads every order)

@@ -23,10 +23,11 @@ from redis.exceptions import ResponseError
 
 from gateway import keys
 from gateway.models import decode_order
+from gateway.ops.reconcile import HOLDING, PG_STOCK
 from gateway.orders import ORDER_SELECT, record_of
-from gateway.reconciler import HOLDING, PG_STOCK
 from gateway.sales import SaleIn, rules
 from gateway.soldout import restocked
+from gateway.wire import encode_warehouse, reserved_field
 
 log = logging.getLogger(__name__)
 BATCH = 1000  # commands per pipeline, rows per cursor fetch
@@ -151,7 +152,7 @@ async def _warehouses(redis: aioredis.Redis, conn: asyncpg.Connection) -> int:
     pipe = redis.pipeline(transaction=True)
     if rows:
         pipe.hset(keys.warehouses(), mapping={
-            r["warehouse_id"]: f"{r['priority']}|{r['region']}|{int(r['active'])}" for r in rows})
+            r["warehouse_id"]: encode_warehouse(r["priority"], r["region"], r["active"]) for r in rows})
     pipe.incr(keys.wh_version())  # every process reloads its cache on the next reserve
     await pipe.execute()
     return len(rows)
@@ -195,7 +196,7 @@ async def _stock(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progre
             log.warning("conservation broken in PostgreSQL: %s in %s has %d on hand but %d reserved; "
                         "available set to 0", sku, wh, on_hand, reserved)
             broken.append({"sku": sku, "warehouse": wh, "on_hand": on_hand, "reserved": reserved})
-        out.pipe.hset(keys.stock(sku), mapping={wh: max(on_hand - reserved, 0), f"r:{wh}": reserved})
+        out.pipe.hset(keys.stock(sku), mapping={wh: max(on_hand - reserved, 0), reserved_field(wh): reserved})
         await out.row_done()
     await out.flush()
     return total, broken

@@ -8,12 +8,12 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway.auth import Authenticator
 from gateway.coalescer import Coalescer
 from gateway.config import Settings
 from gateway.inventory import WarehouseCache
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
+from gateway.web.auth import Authenticator
 from gateway.writer import Writer
 
 if TYPE_CHECKING:  # these modules import this one for their handlers and tasks

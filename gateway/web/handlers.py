@@ -7,20 +7,15 @@ import base64
 import datetime as dt
 import os
 import re
-from collections.abc import Awaitable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
 import orjson
 from aiohttp import web
 
-from gateway import appkeys as K
-from gateway import keys, quarantine
-from gateway.auth import Principal
+from gateway import keys, orders, quarantine
 from gateway.coalescer import Result
-from gateway.edge import edge
 from gateway.errors import Forbidden, GatewayError, Invalid, NotFound
-from gateway.faults import unavailable
 from gateway.inventory import change_stock, plan_allocation, put_warehouse, stock_views
 from gateway.lifecycle import STATUSES
 from gateway.models import (
@@ -31,13 +26,11 @@ from gateway.models import (
     Channel,
     InventoryAdjust,
     InventorySet,
-    NoteIn,
     OrderId,
     OrderIn,
     PaymentIn,
     PlanIn,
     SaleId,
-    ShipIn,
     Sku,
     UserId,
     WarehouseId,
@@ -47,28 +40,14 @@ from gateway.models import (
     sane_time,
     valid,
 )
-from gateway.orders import ORDER_SELECT, change, load_order, may_read, row_view
+from gateway.orders import ORDER_SELECT, load_order, row_view
 from gateway.sales import SaleIn, put_sale, sale_view
 from gateway.stockwatch import forecast
+from gateway.web import appkeys as K
+from gateway.web.auth import Principal, may_read
+from gateway.web.common import json, path_id, principal, unless_down
 
 DIGITS = re.compile(r"[0-9]{1,19}")
-T = TypeVar("T")
-
-
-def json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def principal(request: web.Request) -> Principal:
-    return request.app[K.AUTH].authenticate(request.headers.get("Authorization"))
-
-
-def path_id(request: web.Request, name: str, type_: Any) -> str:
-    """A path segment that meets its body field's constraints (models.py), else 422."""
-    value = request.match_info[name]
-    if not valid(value, type_):
-        raise Invalid(f"{name} is malformed", code=f"invalid_{name}")
-    return value
 
 
 def may_submit(who: Principal, order: OrderIn, services: tuple[str, ...]) -> None:
@@ -150,6 +129,16 @@ def order_id_of(request: web.Request) -> str:
     return order_id
 
 
+async def change(request: web.Request, who: Principal, action: str, data: dict[str, Any],
+                 **kwargs: Any) -> dict[str, Any]:
+    """The order of the path after ``action``, as ``who`` may drive it."""
+    app = request.app
+    return await orders.change(app[K.SCRIPTS], app[K.PG], order_id_of(request), action, data,
+                               record_ttl=app[K.SETTINGS].idempotency_ttl,
+                               visible=lambda user_id, channel: may_read(who, user_id, channel),
+                               user_only=who.role == "user", **kwargs)
+
+
 async def optional_body(request: web.Request, type_: type[Any]) -> Any:
     body = await request.read()
     return decode(body if body.strip() else b"{}", type_)
@@ -160,7 +149,7 @@ async def pay(request: web.Request) -> web.Response:
     who.require("payments")
     body = decode(await request.read(), PaymentIn)
     data = {"payment_id": body.payment_id, "amount": body.amount}
-    return json(await change(request.app, who, order_id_of(request), "pay", data,
+    return json(await change(request, who, "pay", data,
                              payment_id=body.payment_id, amount=body.amount))
 
 
@@ -171,7 +160,7 @@ async def cancel(request: web.Request) -> web.Response:
     body = decode(await request.read(), CancelIn)
     if who.role == "user" and body.reason != "customer":
         raise Forbidden("A buyer cancels with reason 'customer'")
-    return json(await change(request.app, who, order_id_of(request), "cancel", {"reason": body.reason},
+    return json(await change(request, who, "cancel", {"reason": body.reason},
                              reason=body.reason))
 
 
@@ -183,7 +172,7 @@ def service_transition(action: str, body_type: type[Any]) -> Any:
         who.require("ops", "payments")
         body = await optional_body(request, body_type)
         data = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
-        return json(await change(request.app, who, order_id_of(request), action, data))
+        return json(await change(request, who, action, data))
 
     return handler
 
@@ -267,17 +256,6 @@ async def get_inventory(request: web.Request) -> web.Response:
     sku = path_id(request, "sku", Sku)
     (view,) = await stock_views(request.app[K.REDIS], [sku])
     return json(await with_forecast(request.app, view))
-
-
-async def unless_down(call: Awaitable[T], fallback: T) -> tuple[T, bool]:
-    """``(result, True)``, or ``(fallback, False)`` while the store ``call`` needs is down:
-    what can be answered without it still is."""
-    try:
-        return await call, True
-    except Exception as exc:
-        if unavailable(exc) is None:
-            raise
-        return fallback, False
 
 
 async def with_forecast(app: web.Application, view: dict[str, Any]) -> dict[str, Any]:
@@ -401,24 +379,3 @@ async def readyz(request: web.Request) -> web.Response:
     return resp
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/orders", edge(create_order))
-    app.router.add_post("/v1/orders/batch", edge(create_batch))
-    app.router.add_get("/v1/orders", edge(list_orders))
-    app.router.add_get("/v1/orders/{order_id}", edge(get_order))
-    app.router.add_post("/v1/orders/{order_id}/payment", edge(pay))
-    app.router.add_post("/v1/orders/{order_id}/cancel", edge(cancel))
-    app.router.add_post("/v1/orders/{order_id}/ship", edge(service_transition("ship", ShipIn)))
-    app.router.add_post("/v1/orders/{order_id}/complete", edge(service_transition("complete", NoteIn)))
-    app.router.add_post("/v1/orders/{order_id}/refund", edge(service_transition("refund", NoteIn)))
-    app.router.add_post("/v1/orders/{order_id}/refund-confirm", edge(service_transition("refund_confirm", NoteIn)))
-    app.router.add_get("/v1/inventory/{sku}", edge(get_inventory))
-    app.router.add_put("/v1/inventory/{sku}", edge(put_inventory))
-    app.router.add_post("/v1/inventory/{sku}/adjust", edge(adjust_inventory))
-    app.router.add_put("/v1/warehouses/{warehouse_id}", edge(put_warehouse_route))
-    app.router.add_put("/v1/sales/{sale_id}", edge(put_sale_route))
-    app.router.add_get("/v1/sales/{sale_id}", edge(get_sale))
-    app.router.add_post("/v1/allocations/plan", edge(allocation_plan))
-    app.router.add_get("/v1/stats", edge(stats))
-    app.router.add_get("/healthz", edge(healthz))
-    app.router.add_get("/readyz", edge(readyz))

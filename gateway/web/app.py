@@ -1,4 +1,4 @@
-"""The application factory: routes (each behind the error edge, gateway/edge.py), and one
+"""The application factory: routes (each behind the error edge, gateway/web/edge.py), and one
 cleanup context per resource.
 
 ``create_app`` opens nothing; resources open in order when the app starts (Redis and its
@@ -18,17 +18,17 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from gateway import appkeys as K
-from gateway import db, feed, keys, reconciler, routes, webhooks
-from gateway.auth import Authenticator
+from gateway import db, keys, webhooks
 from gateway.coalescer import Coalescer
 from gateway.config import Settings
-from gateway.edge import setup_no_route
 from gateway.expirer import Expirer
 from gateway.inventory import WarehouseCache
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
 from gateway.soldout import SoldOut
+from gateway.web import appkeys as K
+from gateway.web import urls
+from gateway.web.auth import Authenticator
 from gateway.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.run_writer:
         writer.start()
     app[K.WRITER] = writer
-    expirer = Expirer(app)
+    expirer = Expirer(app[K.SCRIPTS], record_ttl=settings.idempotency_ttl)
     expirer.start()
     app[K.EXPIRER] = expirer
     yield
@@ -145,11 +145,7 @@ def create_app(settings: Settings) -> web.Application:
     app[K.SETTINGS] = settings
     app[K.AUTH] = Authenticator(settings.api_keys, settings.jwt_secret)
     app.cleanup_ctx.extend([redis_ctx, pg_ctx, engine_ctx, webhooks_ctx])
-    routes.setup(app)
-    feed.setup(app)
-    webhooks.setup(app)
-    reconciler.setup(app)
-    setup_no_route(app)  # last: it matches every path
+    urls.setup(app)
     if settings.dev_credentials:
         log.warning("development credentials active: OMS_API_KEYS or OMS_JWT_SECRET is not set and the "
                     "development default stands in for it (README.md, section Auth); set both before anyone "

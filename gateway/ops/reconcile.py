@@ -16,15 +16,12 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from aiohttp import web
 
-from gateway import appkeys as K
 from gateway import keys, quarantine
-from gateway.edge import edge
-from gateway.errors import Forbidden, NotReady
-from gateway.routes import json, principal
+from gateway.errors import NotReady
 from gateway.scripts import Scripts
 from gateway.soldout import restocked
+from gateway.wire import RESERVED_PREFIX, Repair
 
 HOLDING = ("pending_payment", "paid")  # statuses whose allocations still hold stock
 POLL = 0.05  # seconds between drain checks; the writers give no signal to wait on
@@ -80,9 +77,9 @@ async def _redis_stock(redis: aioredis.Redis) -> dict[Pair, tuple[int, int]]:
     for sku, raw in zip(sorted(skus), await pipe.execute(), strict=True):
         for field, value in raw.items():
             name = field.decode()
-            wh = name.removeprefix("r:")
+            wh = name.removeprefix(RESERVED_PREFIX)
             available, reserved = stock.get((sku, wh), (0, 0))
-            stock[(sku, wh)] = (available, int(value)) if name.startswith("r:") else (int(value), reserved)
+            stock[(sku, wh)] = (available, int(value)) if name.startswith(RESERVED_PREFIX) else (int(value), reserved)
     return stock
 
 
@@ -128,7 +125,7 @@ async def reconcile(redis: aioredis.Redis, pool: asyncpg.Pool, wait: float = 5.0
             "drift": drift, "conservation": conservation, "quarantined": held}
 
 
-REPAIR_REFUSALS = {0: "changed_meanwhile", 2: "postgres_negative_available"}
+REPAIR_REFUSALS = {Repair.CHANGED_MEANWHILE: "changed_meanwhile", Repair.NEGATIVE_AVAILABLE: "postgres_negative_available"}
 
 
 async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wait: float = 5.0) -> dict[str, Any]:
@@ -154,7 +151,7 @@ async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wa
                 r, p = d["redis"], d["postgres"]
                 args += [d["warehouse"], r["available"], r["reserved"], p["available"], p["reserved"]]
             reply = await scripts.call("repair", [keys.stock(sku, keys.partition(sku))], args)
-            if int(reply[0]) == 1:
+            if int(reply[0]) == Repair.DONE:
                 await restocked(redis, sku)
             reason = REPAIR_REFUSALS.get(int(reply[0]))
         if reason is None:
@@ -165,18 +162,3 @@ async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wa
     return {"ok": not refused, "lagging": report["lagging"], "repaired": repaired, "refused": refused}
 
 
-async def get_reconciliation(request: web.Request) -> web.Response:
-    principal(request).require("ops")
-    return json(await reconcile(request.app[K.REDIS], request.app[K.PG]))
-
-
-async def post_repair(request: web.Request) -> web.Response:
-    if principal(request).role != "admin":
-        raise Forbidden("Only admin may repair stock")
-    app = request.app
-    return json(await repair(app[K.REDIS], app[K.PG], app[K.SCRIPTS]))
-
-
-def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/reconciliation", edge(get_reconciliation))
-    app.router.add_post("/v1/reconciliation/repair", edge(post_repair))
