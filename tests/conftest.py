@@ -211,3 +211,12 @@ async def make_gateway(settings: Settings, redis: aioredis.Redis, pg: asyncpg.Po
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory) -> Gateway:
     return await make_gateway()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -202,9 +202,9 @@ async def test_client_leaving_mid_body_is_not_an_error(settings, redis, pg, capl
             await writer.drain()
             writer.close()
             await writer.wait_closed()
-            await until(lambda n=n: len([r for r in caplog.records if r.name == "gateway.edge"]) >= n)
+            await until(lambda n=n: len([r for r in caplog.records if r.name == "gateway.web.edge"]) >= n)
     finally:
         await runner.cleanup()
-    edge = [r for r in caplog.records if r.name == "gateway.edge"]
+    edge = [r for r in caplog.records if r.name == "gateway.web.edge"]
     assert [(r.levelno, r.exc_info) for r in edge] == [(logging.INFO, None)] * 3
     assert await redis.keys(keys.order("*")) == []

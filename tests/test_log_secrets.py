@@ -121,7 +121,7 @@ def test_malformed_request_keeps_the_standard_header_aiohttp_names(captured):
 
 
 def test_development_credentials_warning_names_the_variables_not_the_values(caplog):
-    caplog.set_level(logging.WARNING, logger="gateway.app")
+    caplog.set_level(logging.WARNING, logger="gateway.web.app")
     create_app(Settings.from_env({}))  # opens nothing
     warning = next(r.getMessage() for r in caplog.records if "development credentials" in r.getMessage())
     assert "OMS_API_KEYS" in warning and "OMS_JWT_SECRET" in warning and "README" in warning

@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 import redis as sync_redis
 
-from tests.conftest import ADMIN, order_body
+from tests.conftest import ADMIN, order_body, process_alive
 from tests.test_make_run import ROOT, free_port
-from tests.test_supervisor import children, start_serve
+from tests.test_supervisor import kill_serve, start_serve
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def postmaster_pid(data_dir: Path) -> int | None:
 
 def valkey_pid(data_dir: Path) -> int | None:
     """The pid of the Valkey answering on the embedded socket, None when none answers."""
-    from gateway.embedded import EmbeddedValkey
+    from gateway.ops.embedded import EmbeddedValkey
 
     valkey = EmbeddedValkey(data_dir / "valkey")
     try:
@@ -59,12 +59,6 @@ def valkey_pid(data_dir: Path) -> int | None:
         return None
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 async def run_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -115,11 +109,7 @@ async def served(module_tmp: Path) -> AsyncIterator[Served]:
         assert await asyncio.to_thread(proc.wait, 60) == 0
         assert not process_alive(served.pg_pid) and not process_alive(served.valkey_pid)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
+        kill_serve(proc)
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:

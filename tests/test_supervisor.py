@@ -20,7 +20,7 @@ import redis as sync_redis
 
 from gateway.config import Settings
 from gateway.ops.cli import backends as start_backends
-from tests.conftest import ADMIN, Backends, order_body
+from tests.conftest import ADMIN, Backends, order_body, process_alive
 from tests.test_make_run import ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -44,12 +44,6 @@ def children(pid: int) -> dict[int, str]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 async def until(check: Callable[[], object], timeout: float = 30) -> None:
@@ -94,11 +88,16 @@ async def serve(backends: Backends, redis, pg, tmp_path) -> AsyncIterator[tuple[
     try:
         yield proc, base
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
+        kill_serve(proc)
+
+
+def kill_serve(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL serve and every child it left, whatever state the test left them in."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in children(proc.pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 async def workers_answering(base: str, want: int, timeout: float = 30.0) -> set[int]:
@@ -139,7 +138,7 @@ async def test_two_workers_share_the_port_and_sell_the_stock_once(serve, pg):
 
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 60) == 0
-    assert not any(alive(pid) for pid in roles)
+    assert not any(process_alive(pid) for pid in roles)
     # the writer drained before the supervisor returned: every accepted order is in PostgreSQL
     assert await pg.fetchval("SELECT count(*) FROM orders WHERE order_id LIKE 'sup-%'") == 150
 
@@ -169,7 +168,7 @@ async def test_children_stop_when_the_supervisor_is_killed(serve):
     assert len(kids) == 3
     proc.kill()
     proc.wait()
-    await until(lambda: not any(alive(pid) for pid in kids))
+    await until(lambda: not any(process_alive(pid) for pid in kids))
 
 
 async def test_a_second_gateway_on_a_busy_port_refuses_to_start(serve, backends: Backends, tmp_path):
