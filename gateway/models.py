@@ -20,10 +20,11 @@ from gateway.wire import alloc_rows
 # Patterns match the whole string: ``\Z``, not ``$``, which also matches before a trailing
 # newline ("nl-1\n" passed ``^...$``). Free text refuses C0 and C1 control characters and
 # DEL: a NUL cannot reach PostgreSQL (text refuses it) or a log line.
+CONTROL = r"\x00-\x1f\x7f-\x9f"  # a character class body: C0, DEL and C1
 ID_PATTERN = r"^[A-Za-z0-9._:-]+\Z"
 WAREHOUSE_PATTERN = r"^[A-Za-z0-9_.-]+\Z"
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+\Z"
-REGION_PATTERN = r"^[^|;,=\x00-\x1f\x7f-\x9f]+\Z"  # no separator of the warehouse encoding either
+TEXT_PATTERN = rf"^[^{CONTROL}]+\Z"
+REGION_PATTERN = rf"^[^|;,={CONTROL}]+\Z"  # no separator of the warehouse encoding either
 
 OrderId = Annotated[str, Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
 Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
@@ -175,7 +176,7 @@ def valid(value: str, type_: Any) -> bool:
 
 
 def sane_time(t: dt.datetime, name: str) -> dt.datetime:
-    """``t`` in UTC; 422 without a time zone or outside 2000..2200."""
+    """``t`` in UTC; 422 without a time zone or outside 2000..2199."""
     if t.tzinfo is None:
         raise Invalid(f"{name} needs a time zone (RFC 3339)", code="invalid_time")
     if not EARLIEST <= t < LATEST:

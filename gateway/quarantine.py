@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-import orjson
 
-from gateway.writer import DATA_FAULTS, OrderNotWrittenYet, Rows, describe
+from gateway.writer import DATA_FAULTS, OrderNotWrittenYet, Rows, describe, unpack
 
 
 async def open_entries(pool: asyncpg.Pool, limit: int = 1000) -> list[dict[str, Any]]:
@@ -23,8 +22,8 @@ async def open_entries(pool: asyncpg.Pool, limit: int = 1000) -> list[dict[str, 
            WHERE replayed_at IS NULL ORDER BY id LIMIT $1""", limit)
     return [{"id": r["id"], "stream_id": r["stream_id"], "type": r["type"], "order_id": r["order_id"],
              "error": r["error"], "quarantined_at": r["quarantined_at"].isoformat(),
-             "fields": {k: v.encode("latin-1").decode("utf-8", "replace")
-                        for k, v in orjson.loads(r["entry"]).items()}}
+             "fields": {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                        for k, v in unpack(r["entry"]).items()}}
             for r in rows]
 
 
@@ -39,9 +38,8 @@ async def replay(pool: asyncpg.Pool, ids: list[int] | None = None) -> dict[str, 
            WHERE replayed_at IS NULL AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[])) ORDER BY id""", ids)
     replayed, refused = [], []
     for r in rows:
-        fields = {k.encode("latin-1"): v.encode("latin-1") for k, v in orjson.loads(r["entry"]).items()}
         batch = Rows()
-        batch.read(r["stream_id"], fields)
+        batch.read(r["stream_id"], unpack(r["entry"]))
         error = batch.held[0][4] if batch.held else None
         if error is None:
             try:

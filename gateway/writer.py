@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 from gateway import keys, stockwatch
 from gateway.chain import GENESIS, canonical, chain_hash
 from gateway.faults import log_retry
+from gateway.models import CONTROL
 from gateway.wire import parse_alloc
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class OrderQuarantined(Exception):
 # a timeout, a restart) is retried whole.
 DATA_FAULTS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError,
                OrderQuarantined)
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_UNPRINTABLE = re.compile(f"[{CONTROL}]")
 
 
 def printable(value: bytes | str | None, limit: int = 1000) -> str | None:
@@ -75,6 +76,16 @@ def printable(value: bytes | str | None, limit: int = 1000) -> str | None:
         return None
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     return _UNPRINTABLE.sub("\ufffd", text[:limit])
+
+
+def pack(fields: dict[bytes, bytes]) -> bytes:
+    """A stream entry as the quarantine keeps it: JSON of latin-1 strings, so every byte comes
+    back exactly (NUL and invalid UTF-8 included)."""
+    return orjson.dumps({k.decode("latin-1"): v.decode("latin-1") for k, v in fields.items()})
+
+
+def unpack(entry: bytes) -> dict[bytes, bytes]:
+    return {k.encode("latin-1"): v.encode("latin-1") for k, v in orjson.loads(entry).items()}
 
 
 def describe(exc: BaseException) -> str:
@@ -250,10 +261,11 @@ class Writer:
         """
         if len(entries) == 1:
             entry_id, fields = entries[0]
+            error = describe(exc)
             rows = Rows()
-            rows.quarantine(entry_id.decode(), fields, describe(exc))
+            rows.quarantine(entry_id.decode(), fields, error)
             await self._commit(stream, entries, rows)
-            log.warning("writer %s: entry %s quarantined: %s", self.name, entry_id.decode(), describe(exc))
+            log.warning("writer %s: entry %s quarantined: %s", self.name, entry_id.decode(), error)
             return
         mid = len(entries) // 2
         for part in (entries[:mid], entries[mid:]):
@@ -310,18 +322,19 @@ class Rows:
 
     def read(self, stream_id: str, fields: dict[bytes, bytes]) -> None:
         """Add one raw stream entry; one that cannot be read is quarantined instead, whole."""
-        sizes = [len(rows) for rows in (self.orders, self.items, self.allocs, self.events, self.moves)]
+        lists = (self.orders, self.items, self.allocs, self.events, self.moves)
+        sizes = [len(rows) for rows in lists]
         try:
             self.add(stream_id, {k.decode(): v.decode() for k, v in fields.items()})
         except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:  # ValueError: also JSON, UTF-8
-            for rows, size in zip((self.orders, self.items, self.allocs, self.events, self.moves), sizes, strict=True):
+            for rows, size in zip(lists, sizes, strict=True):
                 del rows[size:]
             self.quarantine(stream_id, fields, "unreadable entry: " + describe(exc))
 
     def quarantine(self, stream_id: str, fields: dict[bytes, bytes], error: str) -> None:
         """Set an entry aside with its error, and announce it in the feed (no order_id: the order
         may not be in PostgreSQL; the data names it)."""
-        entry = orjson.dumps({k.decode("latin-1"): v.decode("latin-1") for k, v in fields.items()})
+        entry = pack(fields)
         kind, order_id = printable(fields.get(b"t"), 64), printable(fields.get(b"o"), 128)
         self.held.append((stream_id, kind, order_id, entry, error))
         data = canonical({"stream_id": stream_id, "type": kind, "order_id": order_id, "error": error})

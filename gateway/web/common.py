@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from gateway.models import valid
 from gateway.web import appkeys as K
 from gateway.web.auth import Principal
 
+DIGITS = re.compile(r"[0-9]{1,19}")  # a non-negative integer as a query gives it: no sign, no _, ASCII only
 T = TypeVar("T")
 
 

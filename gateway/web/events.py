@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -10,10 +9,7 @@ from aiohttp import web
 from gateway import feed
 from gateway.errors import Invalid
 from gateway.web import appkeys as K
-from gateway.web.common import json, principal
-
-DIGITS = re.compile(r"[0-9]{1,19}")
-
+from gateway.web.common import DIGITS, json, principal
 
 PARAMS = {"after": (0, 0, 2**63 - 1), "limit": (100, 1, 1000)}  # name: (default, min, max)
 

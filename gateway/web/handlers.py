@@ -6,7 +6,6 @@ import asyncio
 import base64
 import datetime as dt
 import os
-import re
 from typing import Any, Literal
 
 import msgspec
@@ -45,9 +44,7 @@ from gateway.sales import SaleIn, put_sale, sale_view
 from gateway.stockwatch import forecast
 from gateway.web import appkeys as K
 from gateway.web.auth import Principal, may_read
-from gateway.web.common import json, path_id, principal, unless_down
-
-DIGITS = re.compile(r"[0-9]{1,19}")
+from gateway.web.common import DIGITS, json, path_id, principal, unless_down
 
 
 def may_submit(who: Principal, order: OrderIn, services: tuple[str, ...]) -> None:
