@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncpg
 import redis.asyncio as aioredis
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gateway import keys, quarantine, stockwatch
 from gateway.faults import unless_down
 from gateway.inventory import stock_views
+from gateway.ops import workerstate
 
 
 async def global_families(redis: aioredis.Redis, pool: asyncpg.Pool, *, hot_skus: int,
@@ -26,7 +27,20 @@ async def global_families(redis: aioredis.Redis, pool: asyncpg.Pool, *, hot_skus
         families.append(_gauge("oms_quarantined_entries", "Writer entries held in the quarantine", held))
     if hot_skus:
         families += (await unless_down(_hot(redis, pool, hot_skus, window), []))[0]
-    return families
+    return families + workers()
+
+
+def workers() -> list[Metric]:
+    """What serve's supervisor reports of its workers (gateway/ops/workerstate.py); nothing outside serve."""
+    state = workerstate.read()
+    if state is None:
+        return []
+    restarts = CounterMetricFamily("oms_worker_restarts", "Workers restarted after they exited", labels=["role"])
+    running = GaugeMetricFamily("oms_workers_running", "Worker processes running", labels=["role"])
+    for role, w in sorted(state.items()):
+        restarts.add_metric([role], w["restarts"])
+        running.add_metric([role], w["running"])
+    return [restarts, running]
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

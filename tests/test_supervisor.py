@@ -20,6 +20,7 @@ import redis as sync_redis
 
 from gateway.config import Settings
 from gateway.ops.cli import backends as start_backends
+from gateway.ops.supervisor import QUICK_DEATH, Child
 from tests.conftest import ADMIN, Backends, order_body, process_alive
 from tests.test_make_run import ROOT, free_port
 
@@ -213,3 +214,61 @@ def test_embedded_valkey_fsyncs_every_write_only_for_fsync_durability(backends: 
         client = sync_redis.Redis.from_url(started.redis_url)
         assert client.config_get("appendfsync") == {"appendfsync": appendfsync}
         client.close()
+
+
+async def test_a_writer_killed_again_and_again_comes_back_with_backoff_while_intake_goes_on(serve, pg):
+    proc, base = serve
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        async def get(path: str) -> dict:
+            async with http.get(base + path, headers=ADMIN) as resp:
+                assert resp.status == 200, path
+                return await resp.json() if path != "/metrics" else {"text": await resp.text()}
+
+        async def order(n: int) -> int:
+            body = order_body(f"bo-{n}", f"u-{n}", [{"sku": "BO-1", "qty": 1}])
+            async with http.post(base + "/v1/orders", json=body, headers=ADMIN) as resp:
+                return resp.status
+
+        async with http.put(base + "/v1/inventory/BO-1", json={"warehouses": {"W1": 100}}, headers=ADMIN) as r:
+            assert r.status == 200
+        killed: list[int] = []
+        for n in range(4):  # as an OOM killer would: each new writer dies right after its start
+            await until(lambda: any(role == "writer" and pid not in killed
+                                    for pid, role in children(proc.pid).items()))
+            victim = next(pid for pid, role in children(proc.pid).items() if role == "writer" and pid not in killed)
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+            assert await order(n) == 201  # intake never stops
+        async def readiness_when(check: Callable[[dict], bool]) -> dict:
+            deadline = time.monotonic() + 30
+            while not check(ready := await get("/readyz")):
+                assert time.monotonic() < deadline, ready
+                await asyncio.sleep(0.1)  # the supervisor's state, another process's: polled
+            return ready
+
+        # the fourth quick death waits 4 s: the HTTP workers say so and still take orders
+        ready = await readiness_when(lambda r: r["workers"]["writer"]["restarts"] == 4)
+        assert ready["ready"] is True and ready["degraded"] == ["writer"]
+        assert ready["workers"]["writer"] == {"expected": 1, "running": 0, "restarts": 4, "restarting": 1,
+                                              "last_exit": -9}
+        assert await order(4) == 201
+        ready = await readiness_when(lambda r: not r["degraded"])  # back after its back-off
+        assert ready["workers"]["writer"]["running"] == 1 and proc.poll() is None
+        text = (await get("/metrics"))["text"]
+        assert 'oms_worker_restarts_total{role="writer"} 4.0' in text
+        assert 'oms_workers_running{role="http"} 2.0' in text
+    deadline = time.monotonic() + 30
+    while await pg.fetchval("SELECT count(*) FROM orders WHERE order_id LIKE 'bo-%'") < 5:
+        assert time.monotonic() < deadline, "the restarted writer did not write the orders taken meanwhile"
+        await asyncio.sleep(0.2)
+
+
+def test_the_backoff_doubles_with_each_quick_death_and_resets_after_a_long_life():
+    child = Child("writer", {})
+    delays = []
+    for _ in range(9):
+        child.started = time.monotonic()  # as spawn sets it
+        delays.append(child.died(-9))
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    child.started = time.monotonic() - QUICK_DEATH - 1  # it ran a while before dying
+    assert child.died(1) == 0.0 and child.restarts == 10 and child.last_exit == 1

@@ -27,7 +27,7 @@ from gateway.ops import logsafe, rebuild
 from gateway.ops import reconcile as reconciler
 from gateway.ops.audit import verify
 from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
-from gateway.ops.supervisor import orphan_guard, run_writer, supervise
+from gateway.ops.supervisor import CANNOT_START, orphan_guard, run_writer, supervise
 from gateway.scripts import Scripts
 from gateway.web.app import create_app
 
@@ -267,4 +267,4 @@ def main(argv: list[str] | None = None) -> int:
         return {"serve": serve, "http": http, "writer": writer, "migrate": migrate}[args.command](settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return CANNOT_START

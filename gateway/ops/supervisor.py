@@ -22,19 +22,24 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import multiprocess
 
 from gateway import db, metrics
 from gateway.config import Settings
+from gateway.ops import workerstate
 from gateway.writer import Writer
 
 log = logging.getLogger(__name__)
 
-QUICK_DEATH = 10.0  # seconds: a child dying this soon after its start counts as failing to start
-MAX_QUICK_DEATHS = 3  # in a row, then the setup is broken (PostgreSQL gone, bad code): give up
+QUICK_DEATH = 10.0  # seconds: a child dying this soon after its start died "quickly"
+BACKOFF = 0.5  # seconds before restarting after the first quick death, doubled for each further one
+MAX_BACKOFF = 30.0
+CANNOT_START = 2  # a child's exit code for a configuration it cannot run with: restarting cannot help
 STOP_TIMEOUT = 30.0
 
 
@@ -45,6 +50,9 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.quick_deaths = 0
+        self.restarts = 0
+        self.restart_at: float | None = None  # while waiting out its back-off
+        self.last_exit: int | None = None
 
     def spawn(self) -> None:
         # A new session: a terminal's Ctrl-C reaches only the supervisor, which stops
@@ -52,7 +60,19 @@ class Child:
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", self.role], env=self.env,
                                      start_new_session=True)
         self.started = time.monotonic()
+        self.restart_at = None
         log.info("started %s worker, pid %d", self.role, self.proc.pid)
+
+    def died(self, code: int) -> float:
+        """Book a death; the back-off before the restart: none after a long life, then 0.5 s, 1 s, … 30 s."""
+        self.last_exit = code
+        self.restarts += 1
+        quick = time.monotonic() - self.started < QUICK_DEATH
+        self.quick_deaths = self.quick_deaths + 1 if quick else 0
+        delay = min(BACKOFF * 2 ** (self.quick_deaths - 1), MAX_BACKOFF) if self.quick_deaths else 0.0
+        self.proc = None
+        self.restart_at = time.monotonic() + delay
+        return delay
 
     def stop(self) -> int | None:
         """SIGTERM, wait for the graceful exit, SIGKILL after STOP_TIMEOUT."""
@@ -78,16 +98,41 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def report(children: list[Child], path: Path) -> None:
+    """The workers' state for /readyz and /metrics (gateway/ops/workerstate.py)."""
+    roles: dict[str, dict[str, Any]] = {}
+    for child in children:
+        r = roles.setdefault(child.role, {"expected": 0, "running": 0, "restarts": 0, "restarting": 0,
+                                          "last_exit": None})
+        r["expected"] += 1
+        r["running"] += child.proc is not None
+        r["restarting"] += child.restart_at is not None
+        r["restarts"] += child.restarts
+        r["last_exit"] = child.last_exit if child.last_exit is not None else r["last_exit"]
+    workerstate.write(path, roles)
+
+
 def supervise(settings: Settings) -> int:
-    """Run the children until SIGINT/SIGTERM, restarting one that dies; give up on one that cannot start."""
+    """Run the children until SIGINT/SIGTERM, restarting one that dies, with back-off when it
+    keeps dying; stop only for a child that cannot run with this configuration.
+
+    A worker killed again and again (an OOM killer, a hurried operator) must never take the
+    others with it: the HTTP workers take orders while the writer is away, and the stream
+    keeps them until it is back.
+    """
     if not port_free(settings.host, settings.port):
         log.error("%s:%d is in use (another gateway running?)", settings.host, settings.port)
         return 1
-    metrics_dir = tempfile.mkdtemp(prefix="oms-metrics-")  # the children's prometheus-client files
+    run_dir = Path(tempfile.mkdtemp(prefix="oms-serve-"))  # the children's metrics files and the worker state
+    metrics_dir = run_dir / "metrics"
+    metrics_dir.mkdir()
+    state = run_dir / "workers.json"
     env = {**os.environ, "OMS_SUPERVISOR_PID": str(os.getpid()), "OMS_REDIS_URL": settings.redis_url or "",
-           "OMS_DATABASE_URL": settings.database_url or "", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+           "OMS_DATABASE_URL": settings.database_url or "", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+           workerstate.ENV: str(state)}
     http = [Child("http", {**env, "OMS_RUN_WRITER": "0"}) for _ in range(settings.workers)]
     writers = [Child("writer", env)] if settings.run_writer else []
+    everyone = writers + http
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -96,25 +141,34 @@ def supervise(settings: Settings) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     status = 0
     try:
-        for child in writers + http:
+        for child in everyone:
             child.spawn()
-        while not stop.wait(0.5):
-            for child in writers + http:
-                assert child.proc is not None
+        report(everyone, state)
+        while not stop.wait(0.2):
+            changed = False
+            for child in everyone:
+                if child.proc is None:
+                    if child.restart_at is not None and time.monotonic() >= child.restart_at:
+                        child.spawn()
+                        changed = True
+                    continue
                 code = child.proc.poll()
                 if code is None:
                     continue
-                quick = time.monotonic() - child.started < QUICK_DEATH
-                child.quick_deaths = child.quick_deaths + 1 if quick else 0
-                if child.quick_deaths >= MAX_QUICK_DEATHS:
-                    log.error("%s worker keeps exiting right after its start (last code %d); stopping",
-                              child.role, code)
+                pid = child.proc.pid
+                multiprocess.mark_process_dead(pid, str(metrics_dir))  # its live gauges go
+                if code == CANNOT_START:
+                    log.error("%s worker %d cannot start with this configuration (exit %d); stopping",
+                              child.role, pid, code)
                     status = 1
                     stop.set()
                     break
-                log.error("%s worker %d exited with %d; restarting it", child.role, child.proc.pid, code)
-                multiprocess.mark_process_dead(child.proc.pid, metrics_dir)  # its live gauges go
-                child.spawn()
+                delay = child.died(code)
+                log.error("%s worker %d exited with %d; restarting it%s", child.role, pid, code,
+                          f" in {delay:.1f} s ({child.quick_deaths} quick exits in a row)" if delay else "")
+                changed = True
+            if changed:
+                report(everyone, state)
     finally:
         log.info("stopping: HTTP workers answer what they hold, then the writer drains")
         for child in http:
@@ -123,7 +177,7 @@ def supervise(settings: Settings) -> int:
             child.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return status
 
 

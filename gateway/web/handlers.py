@@ -40,6 +40,7 @@ from gateway.models import (
     sane_time,
     valid,
 )
+from gateway.ops import workerstate
 from gateway.orders import ORDER_SELECT, load_order, row_view
 from gateway.sales import SaleIn, put_sale, sale_view
 from gateway.stockwatch import forecast, hot
@@ -370,6 +371,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when Redis, PostgreSQL and the scripts are; under ``serve`` it also names the workers
+    and those waiting to be restarted (``degraded``): a writer away does not stop intake, so
+    it does not make the worker unready."""
     app = request.app
     checks = {"redis": False, "postgres": False, "scripts": app[K.SCRIPTS].loaded}
     try:
@@ -381,7 +385,9 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception:
         pass
     ready = all(checks.values())
-    resp = json({"ready": ready, **checks}, 200 if ready else 503)
+    workers = workerstate.read()
+    extra = {} if workers is None else {"workers": workers, "degraded": workerstate.degraded(workers)}
+    resp = json({"ready": ready, **checks, **extra}, 200 if ready else 503)
     if not ready:
         resp.headers["Retry-After"] = "1"
     return resp
