@@ -18,6 +18,7 @@ import orjson
 from gateway import keys, metrics
 from gateway.errors import (
     BackendDown,
+    BacklogFull,
     Conflict,
     GatewayError,
     IdempotencyMismatch,
@@ -43,7 +44,7 @@ Queued = tuple[OrderIn, bytes, "asyncio.Future[Result]"]
 
 def reserve_call(
     orders: list[tuple[OrderIn, bytes]], warehouses: WarehouseCache, sales: SaleCache, strategy: str,
-    ttl_ms: int, record_ttl: int,
+    ttl_ms: int, record_ttl: int, max_backlog: int = 0,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one reserve script call for a batch (see lua/reserve.lua)."""
     ks = [keys.events(), keys.expiry(), keys.wh_version(), keys.sale_version(), keys.ready()]
@@ -65,7 +66,7 @@ def reserve_call(
         packed.append([order.order_id, payload.decode(), ttl_ms, lines, order.channel,
                        int(order.sale_id is not None), int(chosen == "max_stock")])
     batch = orjson.dumps({"p": list(prefs), "o": packed})
-    return ks, [record_ttl, batch, warehouses.version]
+    return ks, [record_ttl, batch, warehouses.version, max_backlog]
 
 
 class Coalescer:
@@ -81,6 +82,7 @@ class Coalescer:
         max_in_flight: int,
         max_batch: int,
         wait_aof: bool,
+        max_backlog: int = 0,
         soldout: SoldOut | None = None,
     ) -> None:
         self.scripts = scripts
@@ -92,6 +94,7 @@ class Coalescer:
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
         self.wait_aof = wait_aof
+        self.max_backlog = max_backlog
         self.soldout = soldout
         self.in_flight = 0
         self.batches = 0
@@ -178,10 +181,12 @@ class Coalescer:
         epoch = self.soldout.epoch if self.soldout else 0
         while True:
             ks, args = reserve_call(orders, self.warehouses, self.sales, self.strategy, self.ttl_ms,
-                                    self.record_ttl)
+                                    self.record_ttl, self.max_backlog)
             reply = await self.scripts.call("reserve", ks, args, wait_aof=self.wait_aof)
             if int(reply[0]) == Reserve.NOT_READY:
                 raise NotReady()
+            if int(reply[0]) == Reserve.BACKLOG_FULL:
+                raise BacklogFull()
             if int(reply[0]) != Reserve.STALE_WAREHOUSES:
                 break
             await self.warehouses.load()  # another process changed warehouses: plan again

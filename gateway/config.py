@@ -45,6 +45,7 @@ class Settings:
     durability: str = "fsync"
     data_dir: Path = Path(".data")
     max_in_flight: int = 4096
+    max_backlog: int = 1_000_000
     max_batch: int = 512
     max_body: int = 256 * 1024
     idempotency_ttl: int = 86400
@@ -129,6 +130,7 @@ class Settings:
             durability=durability,
             data_dir=Path(v.get("OMS_DATA_DIR", ".data")),
             max_in_flight=_int(v, "OMS_MAX_IN_FLIGHT", 4096, 1, 1_000_000),
+            max_backlog=_int(v, "OMS_MAX_BACKLOG", 1_000_000, 0, 10**9),
             max_batch=_int(v, "OMS_MAX_BATCH", 512, 1, 10_000),
             max_body=_int(v, "OMS_MAX_BODY", 256 * 1024, 1024, 64 * 1024 * 1024),
             idempotency_ttl=_int(v, "OMS_IDEMPOTENCY_TTL", 86400, 60, 30 * 86400),

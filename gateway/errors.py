@@ -6,7 +6,7 @@ GatewayError
  ├── Conflict (409): IdempotencyMismatch, InsufficientStock, BelowReserved, IllegalTransition,
  │     ReservationExpired, AmountMismatch, PaymentConflict, SaleNotActive, LimitExceeded,
  │     PriceMismatch
- └── Unavailable (503, Retry-After): Overloaded, BackendDown, NotReady
+ └── Unavailable (503, Retry-After): Overloaded, BackendDown, BacklogFull, NotReady
 """
 
 from __future__ import annotations
@@ -131,6 +131,11 @@ class Overloaded(Unavailable):
 
 class BackendDown(Unavailable):
     code, title = "backend_unavailable", "A backing store is unreachable"
+
+
+class BacklogFull(Unavailable):
+    code, title = "backlog_full", "PostgreSQL is behind by OMS_MAX_BACKLOG entries; retry with the same order_id"
+    retry_after = 5
 
 
 class NotReady(Unavailable):

@@ -14,6 +14,7 @@ from typing import Any
 class Reserve(IntEnum):
     """lua/reserve.lua: the batch's first element, then each order's."""
 
+    BACKLOG_FULL = -3  # the batch: the stream holds OMS_MAX_BACKLOG entries
     NOT_READY = -2  # the batch: Redis lost its data or is being rebuilt
     STALE_WAREHOUSES = -1  # the batch: planned with an old warehouse version
     ACCEPTED = 1

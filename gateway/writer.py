@@ -37,6 +37,7 @@ from gateway.wire import parse_alloc
 
 log = logging.getLogger(__name__)
 EVENTS_LOCK = 0x6F6D7366  # advisory lock: one writer transaction at a time
+RETRY, MAX_RETRY = 0.5, 2.0  # seconds before a failed batch is tried again, doubling while it keeps failing
 MS = "(timestamptz 'epoch' + {} * interval '1 millisecond')"  # exact, unlike to_timestamp(ms / 1000.0)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -117,6 +118,7 @@ class Writer:
         self.written = 0
         self.deferred = 0  # batches rolled back for OrderNotWrittenYet
         self.quarantined = 0
+        self.retries = 0  # batches that failed on a store and were tried again
         self._idle_ticks = 0
         self._stopping = False
         self._tick = asyncio.Condition()
@@ -165,6 +167,7 @@ class Writer:
         backlog = True  # first re-deliver our own pending entries (a restart under the same name)
         regroup = True
         committing: asyncio.Task[None] | None = None
+        failures = 0  # in a row: the pause grows while a store stays away
         try:
             while not self._stopping:
                 try:
@@ -193,6 +196,7 @@ class Writer:
                             async with self._tick:
                                 self._idle_ticks += 1
                                 self._tick.notify_all()
+                    failures = 0
                 except (asyncio.CancelledError, WriterCrash):
                     raise
                 except Exception as exc:
@@ -210,8 +214,11 @@ class Writer:
                                     self.name)
                         regroup = True
                     else:
-                        log_retry(log, exc, "writer %s: batch failed, retrying", self.name)
-                        await asyncio.sleep(0.5)
+                        failures += 1
+                        self.retries += 1
+                        pause = min(RETRY * 2 ** (failures - 1), MAX_RETRY)
+                        log_retry(log, exc, "writer %s: batch failed, retrying in %.1f s", self.name, pause)
+                        await asyncio.sleep(pause)
             await _finished(committing)
         except WriterCrash:
             async with self._tick:

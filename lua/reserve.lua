@@ -14,8 +14,11 @@
 --          is the line's unit price or -1; in_sale is 1 when the order names a sale;
 --          max_stock is 1 when lines draw from the warehouses with most stock first.
 -- ARGV[3]  the warehouse version the preference lists were computed from
+-- ARGV[4]  the most entries the stream may hold (0: no limit); written entries are deleted,
+--          so its length is what PostgreSQL has yet to receive
 --
--- Returns {-2} and does nothing while the ready marker is missing (Redis lost its data or is
+-- Returns {-3} and does nothing while the stream holds ARGV[4] entries or more (PostgreSQL
+-- away too long: the backlog stays within Valkey's memory), {-2} and does nothing while the ready marker is missing (Redis lost its data or is
 -- being rebuilt: no answer may say "insufficient stock" then), {-1} and does nothing when ARGV[3] is not the current warehouse version (the
 -- caller reloads and retries: a stale preference list could miss a warehouse's stock), else
 -- {warehouse_version, sale_version, result_1, ..., result_n}, one result per order:
@@ -64,6 +67,8 @@ local function sale_check(sale_key, counter_key, lines, channel)
 end
 
 if redis.call('EXISTS', KEYS[5]) == 0 then return {-2} end
+local max_backlog = tonumber(ARGV[4])
+if max_backlog > 0 and redis.call('XLEN', events_key) >= max_backlog then return {-3} end
 local wh_version = tonumber(redis.call('GET', version_key) or '0')
 if wh_version ~= tonumber(ARGV[3]) then return {-1} end
 -- The split policy fewest_splits; allocator/policy.py is its reference and says it in words.

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway import db
 from gateway.config import Settings
 from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.web import appkeys as K
 from gateway.web.app import create_app
 from tests.conftest import API_KEYS, SECRET, Gateway, auth, order_body
 
@@ -29,6 +30,7 @@ ADMIN, OPS, PAY = auth("k-admin"), auth("k-ops"), auth("k-pay")
 SALE = {"skus": [SKU], "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2199-01-01T00:00:00Z",
         "per_user_limit": 1000}
 HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["order.paid"], "secret": "s" * 16}
+BACKLOG = 30
 
 
 class Servers:
@@ -58,6 +60,18 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture
 async def gw(servers: Servers) -> AsyncIterator[Gateway]:
+    async for gateway in started(servers):
+        yield gateway
+
+
+@pytest.fixture
+async def small_backlog(servers: Servers) -> AsyncIterator[Gateway]:
+    async for gateway in started(servers, OMS_MAX_BACKLOG=str(BACKLOG)):
+        yield gateway
+
+
+async def started(servers: Servers, **env: str) -> AsyncIterator[Gateway]:
+    """A gateway on fresh state, with stock and three written orders."""
     client = aioredis.from_url(servers.redis_url)
     await client.flushall()
     await client.aclose()
@@ -70,6 +84,7 @@ async def gw(servers: Servers) -> AsyncIterator[Gateway]:
     settings = Settings.from_env({
         "OMS_REDIS_URL": servers.redis_url, "OMS_DATABASE_URL": servers.database_url,
         "OMS_API_KEYS": API_KEYS, "OMS_JWT_SECRET": SECRET, "OMS_ENV": "test", "OMS_WRITER_CLAIM_IDLE_MS": "200",
+        **env,
     })
     app = create_app(settings)
     test_client = TestClient(TestServer(app), connector=aiohttp.TCPConnector(limit=0))
@@ -185,9 +200,10 @@ async def test_postgres_stopped_and_started(gw, servers):
         stats = down["GET /v1/stats"]
         assert stats[0] == 200 and stats[1]["unavailable"] == ["postgres"]
         for route in ("GET /v1/orders", "GET /v1/events", "GET /v1/webhooks", "PUT /v1/warehouses/W1",
-                      "GET /v1/reconciliation", "GET /readyz"):
+                      "GET /v1/reconciliation"):
             assert down[route][0] == 503, (route, down[route])
-        assert down["GET /readyz"][1]["postgres"] is False
+        ready = down["GET /readyz"]  # intake goes on: ready, and degraded
+        assert ready[0] == 200 and ready[1]["postgres"] is False and ready[1]["degraded"] == ["postgres"]
         status, text, _ = down["GET /metrics"]
         assert status == 200 and "oms_stream_length" in text and "oms_quarantined_entries" not in text
     finally:
@@ -197,3 +213,42 @@ async def test_postgres_stopped_and_started(gw, servers):
     await gw.caught_up()  # the writer found PostgreSQL again too
     listed = await (await gw.client.get("/v1/orders?limit=200", headers=OPS)).json()
     assert "new-3" in {o["order_id"] for o in listed["orders"]}  # taken while PostgreSQL was down
+
+
+async def test_a_long_postgres_outage_buffers_orders_up_to_the_backlog_and_nothing_is_lost(small_backlog, servers):
+    gw = small_backlog
+
+    await servers.stop_postgres()
+    try:
+        accepted: list[str] = []
+        for n in range(BACKLOG + 5):  # the stream was empty: each order is one entry
+            resp = await gw.post("/v1/orders", order_body(f"out-{n}", items=[{"sku": SKU, "qty": 1}]))
+            if resp.status != 201:
+                break
+            accepted.append(f"out-{n}")
+        assert len(accepted) == BACKLOG
+        body = await resp.json()
+        assert (resp.status, body["code"], resp.headers["Retry-After"]) == (503, "backlog_full", "5")
+        assert (await gw.post("/v1/orders", order_body("out-late", items=[{"sku": SKU, "qty": 1}]))).status == 503
+        # the live record still answers; what needs PostgreSQL says so at once, not after a timeout
+        assert (await gw.client.get("/v1/orders/out-0", headers=OPS)).status == 200
+        began = time.monotonic()
+        listed = await gw.client.get("/v1/orders", headers=OPS)
+        assert listed.status == 503 and (await listed.json())["code"] == "backend_unavailable"
+        assert time.monotonic() - began < 5  # command_timeout is 10 s
+        ready = await (await gw.client.get("/readyz")).json()
+        assert ready["ready"] is True and ready["degraded"] == ["postgres"]
+        # longer than a restart: the writer fails, backs off and fails again, three times at least
+        deadline = time.monotonic() + 60
+        while gw.app[K.WRITER].retries < 3:
+            assert time.monotonic() < deadline, "the writer never retried"
+            await asyncio.sleep(0.2)
+    finally:
+        await servers.start_postgres()
+    await gw.caught_up()  # the writer found PostgreSQL again and wrote the whole backlog
+    async with gw.app[K.PG].acquire() as conn:
+        written = await conn.fetchval("SELECT count(*) FROM orders WHERE order_id LIKE 'out-%'")
+    assert written == BACKLOG
+    assert (await gw.post("/v1/orders", order_body("out-after", items=[{"sku": SKU, "qty": 1}]))).status == 201
+    ready = await (await gw.client.get("/readyz")).json()
+    assert ready["degraded"] == []

@@ -106,7 +106,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     coalescer = Coalescer(
         app[K.SCRIPTS], cache, sales, strategy=settings.strategy, reservation_ttl=settings.reservation_ttl,
         record_ttl=settings.idempotency_ttl, max_in_flight=settings.max_in_flight,
-        max_batch=settings.max_batch, wait_aof=wait_aof, soldout=soldout,
+        max_batch=settings.max_batch, wait_aof=wait_aof, soldout=soldout, max_backlog=settings.max_backlog,
     )
     coalescer.start()
     app[K.COALESCER] = coalescer

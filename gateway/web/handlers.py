@@ -371,9 +371,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when Redis, PostgreSQL and the scripts are; under ``serve`` it also names the workers
-    and those waiting to be restarted (``degraded``): a writer away does not stop intake, so
-    it does not make the worker unready."""
+    """Ready when Redis and the scripts are: order intake needs nothing else. ``degraded`` names
+    what is missing without stopping intake: PostgreSQL (the stream buffers up to
+    OMS_MAX_BACKLOG entries) and, under ``serve``, a role waiting to be restarted."""
     app = request.app
     checks = {"redis": False, "postgres": False, "scripts": app[K.SCRIPTS].loaded}
     try:
@@ -384,10 +384,11 @@ async def readyz(request: web.Request) -> web.Response:
         checks["postgres"] = await app[K.PG].fetchval("SELECT 1") == 1
     except Exception:
         pass
-    ready = all(checks.values())
+    ready = checks["redis"] and checks["scripts"]
     workers = workerstate.read()
-    extra = {} if workers is None else {"workers": workers, "degraded": workerstate.degraded(workers)}
-    resp = json({"ready": ready, **checks, **extra}, 200 if ready else 503)
+    degraded = ([] if checks["postgres"] else ["postgres"]) + workerstate.degraded(workers)
+    extra = {} if workers is None else {"workers": workers}
+    resp = json({"ready": ready, **checks, "degraded": degraded, **extra}, 200 if ready else 503)
     if not ready:
         resp.headers["Retry-After"] = "1"
     return resp
