@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway import keys
+from gateway import keys, metrics
 from gateway.errors import (
     BackendDown,
     Conflict,
@@ -96,6 +96,7 @@ class Coalescer:
         self.in_flight = 0
         self.batches = 0
         self.sold_out_answers = 0
+        self._sizes = metrics.spread(metrics.COALESCER_BATCH)
         self._pending: list[Queued] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -170,6 +171,7 @@ class Coalescer:
         finally:
             self.in_flight -= len(batch)
             self.batches += 1
+            self._sizes.observe(len(batch))
 
     async def _reserve(self, batch: list[Queued]) -> list[Any]:
         orders = [(order, payload) for order, payload, _ in batch]

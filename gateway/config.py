@@ -54,6 +54,7 @@ class Settings:
     strategy: str = "priority"
     low_stock: int = 10
     forecast_window: int = 300
+    metrics_hot_skus: int = 20
     dev_credentials: bool = False
 
     def __repr__(self) -> str:
@@ -137,6 +138,7 @@ class Settings:
             strategy=_choice(v, "OMS_STRATEGY", STRATEGIES),
             low_stock=_int(v, "OMS_LOW_STOCK", 10, 0, 10**9),
             forecast_window=_int(v, "OMS_FORECAST_WINDOW", 300, 10, 86400),
+            metrics_hot_skus=_int(v, "OMS_METRICS_HOT_SKUS", 20, 0, 200),
             dev_credentials=dev,
         )
 

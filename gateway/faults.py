@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import asyncpg
 from redis import exceptions as redis_errors
 
+from gateway import metrics
 from gateway.errors import BackendDown
 
 REDIS_FAULTS: tuple[type[BaseException], ...] = (redis_errors.ConnectionError, redis_errors.TimeoutError)
@@ -28,6 +31,7 @@ POSTGRES_FAULTS: tuple[type[BaseException], ...] = (
 # A socket that would not connect (ConnectionRefusedError, a unix socket gone: FileNotFoundError)
 # and a call past its timeout reach us unwrapped from both clients.
 TRANSPORT_FAULTS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
+T = TypeVar("T")
 
 
 def unavailable(exc: BaseException) -> BackendDown | None:
@@ -46,7 +50,20 @@ def unavailable(exc: BaseException) -> BackendDown | None:
 def log_retry(logger: logging.Logger, exc: BaseException, message: str, *args: object) -> None:
     """A background task's failed step: a backend fault is one WARNING line (it repeats every
     pass while the store is down), anything else an ERROR with its traceback."""
-    if unavailable(exc) is None:
+    fault = unavailable(exc)
+    if fault is None:
         logger.error(message, *args, exc_info=exc)
     else:
+        metrics.backend_error(fault.extra.get("backend"))
         logger.warning(message + " (%s: %s)", *args, type(exc).__name__, exc)
+
+
+async def unless_down(call: Awaitable[T], fallback: T) -> tuple[T, bool]:
+    """``(result, True)``, or ``(fallback, False)`` while the store ``call`` needs is down:
+    what can be answered without it still is."""
+    try:
+        return await call, True
+    except Exception as exc:
+        if unavailable(exc) is None:
+            raise
+        return fallback, False

@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
-from gateway import keys, lifecycle
+from gateway import keys, lifecycle, metrics
 from gateway.errors import (
     AmountMismatch,
     IllegalTransition,
@@ -28,6 +28,7 @@ from gateway.scripts import Scripts
 from gateway.wire import Transition
 
 RECORD_FIELDS = ("p", "a", "c", "u", "s")
+TRANSITIONS = metrics.tally(metrics.TRANSITIONS)  # by the status reached
 
 
 def total(payload: dict[str, Any]) -> int | None:
@@ -116,7 +117,9 @@ async def change(
             raise AmountMismatch(f"amount {amount} differs from the order total {expected}", total=expected)
     ks, args = transition_call(order_id, payload, action, data, payment_id=payment_id, reason=reason,
                                hydrate=hydrate, record_ttl=record_ttl, user_only=user_only)
-    check_reply(await scripts.call("transition", ks, args), action)
+    status, changed = check_reply(await scripts.call("transition", ks, args), action)
+    if changed:
+        TRANSITIONS.add(status)
     order = await load_order(redis, pool, order_id)
     assert order is not None
     return order

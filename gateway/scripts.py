@@ -9,12 +9,14 @@ retries once. Redis connection errors and timeouts become ``BackendDown`` here
 from __future__ import annotations
 
 import importlib.resources
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
+from gateway import metrics
 from gateway.errors import BackendDown
 from gateway.faults import unavailable
 
@@ -31,6 +33,7 @@ class Scripts:
         self.redis = redis
         self.sources = {name: source(name) for name in NAMES}
         self.shas: dict[str, str] = {}
+        self._timings = {name: metrics.spread(metrics.SCRIPT_DURATION, name) for name in NAMES}
 
     async def load(self) -> None:
         for name, text in self.sources.items():
@@ -71,7 +74,9 @@ class Scripts:
             pipe.evalsha(self.shas[name], len(keys), *keys, *args)
         if wait_aof:
             pipe.execute_command("WAITAOF", 1, 0, 1000)
+        started = time.perf_counter()
         replies = await self._redis_call(pipe.execute(raise_on_error=False))
+        self._timings[name].observe(time.perf_counter() - started)
         if wait_aof:
             acked = replies.pop()
             if isinstance(acked, Exception) or int(acked[0]) < 1:

@@ -18,7 +18,7 @@ units run out at that rate.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -80,3 +80,22 @@ async def forecast(pool: asyncpg.Pool, sku: str, available_now: int, window_s: i
         at = now + dt.timedelta(seconds=available_now / rate)
         eta = iso_ms(int(at.timestamp() * 1000))
     return {"sales_per_minute": round(rate * 60, 3), "sell_out_eta": eta}
+
+
+class Hot(NamedTuple):
+    sku: str
+    units: int
+    per_second: float
+
+
+async def hot(pool: asyncpg.Pool, window_s: int, limit: int) -> list[Hot]:
+    """The ``limit`` best-selling SKUs of the window, with their rate as ``forecast`` reckons it."""
+    rows = await pool.fetch(
+        """SELECT i.sku, sum(i.qty) AS units, extract(epoch FROM now() - min(o.created_at))::float8 AS span
+           FROM order_items i JOIN orders o ON o.order_id = i.order_id
+           WHERE o.status <> 'cancelled' AND o.created_at > now() - $1 * interval '1 second'
+           GROUP BY i.sku ORDER BY units DESC, i.sku LIMIT $2""",
+        window_s, limit,
+    )
+    return [Hot(r["sku"], r["units"], r["units"] / max(r["span"], 1.0)) for r in rows]
+

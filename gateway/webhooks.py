@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from gateway import feed
+from gateway import feed, metrics
 from gateway.faults import log_retry
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,10 @@ class Sender:
             if attempt is None:
                 return None
             if status is not None and 200 <= status < 300:
+                metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
+                metrics.WEBHOOK_AGE.observe(max(time.time() - row["at_ms"] / 1000, 0.0))
                 return hook
+            metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
             if await self._pause(self._backoff(attempt)):
                 return None
             reloaded = await self._load(hook.lock_key)

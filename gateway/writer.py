@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from gateway import keys, stockwatch
+from gateway import keys, metrics, stockwatch
 from gateway.chain import GENESIS, canonical, chain_hash
 from gateway.faults import log_retry
 from gateway.models import CONTROL
@@ -280,6 +281,7 @@ class Writer:
         alert_rows, states = await stockwatch.alerts(self.redis, sorted(rows.skus), self.low_stock, first_id,
                                                      int(first_id.split("-")[0]))
         rows.events.extend(alert_rows)
+        started = time.perf_counter()
         async with self.pool.acquire() as conn, conn.transaction():
             await rows.insert(conn)
             await conn.execute(
@@ -291,6 +293,11 @@ class Writer:
                 self.fault("before_commit")
         if self.fault:
             self.fault("after_commit")
+        metrics.WRITER_COMMIT.observe(time.perf_counter() - started)
+        metrics.WRITER_BATCH.observe(len(entries))
+        for table, n in rows.counts().items():
+            if n:
+                metrics.WRITER_ROWS.labels(table).inc(n)
         self.quarantined += len(rows.held)
         await stockwatch.remember(self.redis, states)
 
@@ -311,6 +318,12 @@ class Rows:
         self.status: dict[str, tuple[Any, ...]] = {}
         self.skus: set[str] = set()  # whose availability this batch changed
         self.held: list[tuple[Any, ...]] = []  # quarantine rows
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table this batch writes (status changes update ``orders`` rows)."""
+        return {"orders": len(self.orders) + len(self.status), "order_items": len(self.items),
+                "allocations": len(self.allocs), "order_events": len(self.events),
+                "inventory_movements": len(self.moves), "quarantine": len(self.held)}
 
     @classmethod
     def of(cls, entries: list[Entry]) -> Rows:

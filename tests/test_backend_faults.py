@@ -107,6 +107,7 @@ def calls(n: int) -> list[tuple[str, str, Any, dict[str, str]]]:
         ("GET", "/v1/reconciliation", None, OPS),
         ("POST", "/v1/reconciliation/repair", None, ADMIN),
         ("GET", "/readyz", None, {}),
+        ("GET", "/metrics", None, OPS),
     ]
 
 
@@ -114,7 +115,7 @@ async def answers(gw: Gateway, n: int) -> dict[str, tuple[int, Any, dict[str, st
     out = {}
     for method, path, body, headers in calls(n):
         resp = await gw.client.request(method, path, json=body, headers=headers)
-        payload = await resp.json() if resp.content_type.endswith("json") else None
+        payload = await resp.json() if resp.content_type.endswith("json") else await resp.text()
         out[f"{method} {path}"] = (resp.status, payload, dict(resp.headers))
     return out
 
@@ -158,6 +159,10 @@ async def test_valkey_killed_and_restarted(gw, servers):
             assert down[route][0] == 503, (route, down[route])
         assert down["GET /readyz"][1]["redis"] is False
         assert down["POST /v1/orders/batch"][1]["results"][0]["status"] == 503
+        # the metrics still answer, without what only Redis knows, and count the fault
+        status, text, _ = down["GET /metrics"]
+        assert status == 200 and "oms_stream_length" not in text
+        assert 'oms_backend_errors_total{backend="redis"}' in text
     finally:
         await servers.restart_valkey()
     back = await recovered(gw)
@@ -183,6 +188,8 @@ async def test_postgres_stopped_and_started(gw, servers):
                       "GET /v1/reconciliation", "GET /readyz"):
             assert down[route][0] == 503, (route, down[route])
         assert down["GET /readyz"][1]["postgres"] is False
+        status, text, _ = down["GET /metrics"]
+        assert status == 200 and "oms_stream_length" in text and "oms_quarantined_entries" not in text
     finally:
         await servers.start_postgres()
     back = await recovered(gw)

@@ -13,18 +13,21 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
 from types import FrameType
 
 import redis.asyncio as aioredis
+from prometheus_client import multiprocess
 
-from gateway import db
+from gateway import db, metrics
 from gateway.config import Settings
 from gateway.writer import Writer
 
@@ -80,7 +83,9 @@ def supervise(settings: Settings) -> int:
     if not port_free(settings.host, settings.port):
         log.error("%s:%d is in use (another gateway running?)", settings.host, settings.port)
         return 1
-    env = {**os.environ, "OMS_SUPERVISOR_PID": str(os.getpid()), "OMS_REDIS_URL": settings.redis_url or "", "OMS_DATABASE_URL": settings.database_url or ""}
+    metrics_dir = tempfile.mkdtemp(prefix="oms-metrics-")  # the children's prometheus-client files
+    env = {**os.environ, "OMS_SUPERVISOR_PID": str(os.getpid()), "OMS_REDIS_URL": settings.redis_url or "",
+           "OMS_DATABASE_URL": settings.database_url or "", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     http = [Child("http", {**env, "OMS_RUN_WRITER": "0"}) for _ in range(settings.workers)]
     writers = [Child("writer", env)] if settings.run_writer else []
     stop = threading.Event()
@@ -108,6 +113,7 @@ def supervise(settings: Settings) -> int:
                     stop.set()
                     break
                 log.error("%s worker %d exited with %d; restarting it", child.role, child.proc.pid, code)
+                multiprocess.mark_process_dead(child.proc.pid, metrics_dir)  # its live gauges go
                 child.spawn()
     finally:
         log.info("stopping: HTTP workers answer what they hold, then the writer drains")
@@ -117,6 +123,7 @@ def supervise(settings: Settings) -> int:
             child.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 
 
@@ -153,6 +160,8 @@ async def run_writer(settings: Settings) -> None:
         loop.add_signal_handler(sig, stopping.set)
     writer = Writer(client, pool, batch=settings.writer_batch, claim_idle_ms=settings.writer_claim_idle_ms,
                     low_stock=settings.low_stock)
+    publisher = metrics.Publisher()
+    publisher.start()
     try:
         await writer.ensure_group()
         task = writer.start()
@@ -167,5 +176,6 @@ async def run_writer(settings: Settings) -> None:
             await writer.close(drain=False)
         log.info("writer stopped after %d event(s)", writer.written)
     finally:
+        await publisher.close()
         await pool.close()
         await client.aclose()

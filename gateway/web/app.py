@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from gateway import db, keys, webhooks
+from gateway import db, keys, metrics, webhooks
 from gateway.coalescer import Coalescer
 from gateway.config import Settings
 from gateway.expirer import Expirer
@@ -119,7 +119,15 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     expirer = Expirer(app[K.SCRIPTS], record_ttl=settings.idempotency_ttl)
     expirer.start()
     app[K.EXPIRER] = expirer
+    publisher = metrics.Publisher([
+        metrics.Sampled(metrics.SOLD_OUT, lambda: coalescer.sold_out_answers).publish,
+        metrics.Sampled(metrics.EXPIRED, lambda: expirer.expired).publish,
+        lambda: metrics.IN_FLIGHT.set(coalescer.in_flight),
+    ])
+    publisher.start()
+    app[K.PUBLISHER] = publisher
     yield
+    await publisher.close()
     await expirer.close()
     await coalescer.close()
     await soldout.close()

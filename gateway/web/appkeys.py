@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.coalescer import Coalescer
 from gateway.config import Settings
 from gateway.inventory import WarehouseCache
+from gateway.metrics import Publisher
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
 from gateway.web.auth import Authenticator
@@ -31,3 +32,4 @@ WRITER = web.AppKey("writer", Writer)
 EXPIRER: web.AppKey[Expirer] = web.AppKey("expirer")
 SALES = web.AppKey("sales", SaleCache)
 WEBHOOKS: web.AppKey[Sender] = web.AppKey("webhooks")
+PUBLISHER = web.AppKey("publisher", Publisher)

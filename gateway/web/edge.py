@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from gateway import metrics
 from gateway.errors import (
     BackendDown,
     BadRequest,
@@ -50,47 +51,59 @@ _reported: dict[str | None, float] = {}
 
 
 def report(fault: BackendDown, exc: BaseException) -> None:
-    """One WARNING a second per backend while it is down, not one per request of a sale."""
+    """Count the fault; one WARNING a second per backend while it is down, not one per request of a sale."""
     backend = fault.extra.get("backend")
+    metrics.backend_error(backend)
     now = time.monotonic()
     if now - _reported.get(backend, -1.0) >= 1.0:
         _reported[backend] = now
         log.warning("answering 503: %s (%s: %s)", fault.detail, type(exc).__name__, exc)
 
 
-def edge(handler: Handler) -> Handler:
-    """``handler`` with its errors rendered as problem+json; never a traceback."""
+def edge(handler: Handler, route: str = "unmatched", method: str = "*") -> Handler:
+    """``handler`` with its errors rendered as problem+json, never a traceback; each answer
+    counted under its route template (gateway/metrics.py: a dict increment and a bisect)."""
+    requests = metrics.tally(metrics.HTTP_REQUESTS)
+    latency = metrics.spread(metrics.HTTP_DURATION, route, method)
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         try:
-            return await handler(request)
+            response = await handler(request)
         except GatewayError as err:
             # A refusal the coalescer settled on a future comes back as the future's exception
             # while the handler's frame still holds that future: exception -> traceback ->
             # frame -> future -> exception is a cycle only the collector frees. Each refused
             # order left ~24 such objects: a 30 ms collection each 2,000 refusals.
             err.__traceback__ = None
-            return problem_response(err)
+            response = problem_response(err)
         except web.HTTPRequestEntityTooLarge:
-            return problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
+            response = problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
         except web.HTTPException:
             raise
         except Exception as exc:
-            transport = request.transport
-            if isinstance(exc, ConnectionResetError) and (transport is None or transport.is_closing()):
-                # the client left mid-body: nobody to answer, nothing done
-                log.info("client left during %s %s", request.method, request.path)
-                return problem_response(BadRequest("The connection closed before the body arrived",
-                                                   code="client_closed"))
-            fault = unavailable(exc)
-            if fault is None:
-                log.exception("unhandled error on %s %s", request.method, request.path)
-                return problem_response(GatewayError("Internal error"))
-            report(fault, exc)
-            return problem_response(fault)
+            response = unexpected(request, exc)
+        requests.add(route, method, response.status)
+        latency.observe(time.perf_counter() - started)
+        return response
 
     return wrapped
+
+
+def unexpected(request: web.Request, exc: Exception) -> web.Response:
+    """A client gone mid-body, a sick backend (503), or a bug (500, logged with its traceback)."""
+    transport = request.transport
+    if isinstance(exc, ConnectionResetError) and (transport is None or transport.is_closing()):
+        # the client left mid-body: nobody to answer, nothing done
+        log.info("client left during %s %s", request.method, request.path)
+        return problem_response(BadRequest("The connection closed before the body arrived", code="client_closed"))
+    fault = unavailable(exc)
+    if fault is None:
+        log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+        return problem_response(GatewayError("Internal error"))
+    report(fault, exc)
+    return problem_response(fault)
 
 
 @edge

@@ -12,9 +12,10 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from gateway import keys, orders, quarantine
+from gateway import keys, metrics, orders, quarantine
 from gateway.coalescer import Result
-from gateway.errors import Forbidden, GatewayError, Invalid, NotFound
+from gateway.errors import Forbidden, GatewayError, Invalid, NotFound, PayloadTooLarge
+from gateway.faults import unless_down
 from gateway.inventory import change_stock, plan_allocation, put_warehouse, stock_views
 from gateway.lifecycle import STATUSES
 from gateway.models import (
@@ -41,10 +42,10 @@ from gateway.models import (
 )
 from gateway.orders import ORDER_SELECT, load_order, row_view
 from gateway.sales import SaleIn, put_sale, sale_view
-from gateway.stockwatch import forecast
+from gateway.stockwatch import forecast, hot
 from gateway.web import appkeys as K
 from gateway.web.auth import Principal, may_read
-from gateway.web.common import DIGITS, json, path_id, principal, unless_down
+from gateway.web.common import DIGITS, json, path_id, principal
 
 
 def may_submit(who: Principal, order: OrderIn, services: tuple[str, ...]) -> None:
@@ -69,9 +70,21 @@ async def submit(
     return app[K.COALESCER].submit(order)
 
 
+OUTCOMES = metrics.tally(metrics.ORDERS)  # by outcome: accepted, replayed or the refusal's code
+ANSWERED = {201: "accepted", 200: "replayed"}
+
+
 async def create_order(request: web.Request) -> web.Response:
-    pending = await submit(request.app, principal(request), await request.read())
-    status, body = await pending
+    try:
+        pending = await submit(request.app, principal(request), await request.read())
+        status, body = await pending
+    except GatewayError as err:
+        OUTCOMES.add(err.code)
+        raise
+    except web.HTTPRequestEntityTooLarge:
+        OUTCOMES.add(PayloadTooLarge.code)
+        raise
+    OUTCOMES.add(ANSWERED[status])
     return json(body, status)
 
 
@@ -98,6 +111,7 @@ async def create_batch(request: web.Request) -> web.Response:
                 status, body = err.status, err.problem()
         else:
             status, body = item.status, item.problem()
+        OUTCOMES.add(ANSWERED.get(status) or body["code"])
         results.append({"order_id": _order_id_of(raw), "status": status, "body": body})
     return json({"results": results})
 
@@ -274,11 +288,8 @@ async def stats(request: web.Request) -> web.Response:
     principal(request).require("ops")
     app = request.app
     window = app[K.SETTINGS].forecast_window
-    selling, pg_up = await unless_down(app[K.PG].fetch(
-        """SELECT i.sku, sum(i.qty) AS units FROM order_items i JOIN orders o ON o.order_id = i.order_id
-           WHERE o.created_at > now() - $1 * interval '1 second' GROUP BY i.sku ORDER BY units DESC LIMIT 20""",
-        window), [])
-    views = await stock_views(app[K.REDIS], [r["sku"] for r in selling])
+    selling, pg_up = await unless_down(hot(app[K.PG], window, 20), [])
+    views = await stock_views(app[K.REDIS], [h.sku for h in selling])
     for view in views:
         await with_forecast(app, view)
     coalescer = app[K.COALESCER]

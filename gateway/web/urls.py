@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.models import NoteIn, ShipIn
-from gateway.web import events, handlers, reconciliation, webhooks
+from gateway.web import events, handlers, monitoring, reconciliation, webhooks
 from gateway.web.edge import Handler, edge, no_route
 
 ROUTES: list[tuple[str, str, Handler]] = [
@@ -35,10 +35,11 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/reconciliation/repair", reconciliation.post_repair),
     ("GET", "/healthz", handlers.healthz),
     ("GET", "/readyz", handlers.readyz),
+    ("GET", "/metrics", monitoring.metrics_page),
 ]
 
 
 def setup(app: web.Application) -> None:
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, edge(handler))
+        app.router.add_route(method, path, edge(handler, path, method))
     app.router.add_route("*", "/{path:.*}", no_route)  # last: it matches every path
