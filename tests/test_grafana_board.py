@@ -272,7 +272,7 @@ async def test_every_metric_the_board_queries_is_exported_after_a_workload(serve
             # the writer process commits on its own time: its families appear once it has
             deadline = time.monotonic() + 30
             while True:
-                async with http.get(base + "/metrics") as resp:
+                async with http.get(base + "/metrics", headers=ADMIN) as resp:
                     assert resp.status == 200, await resp.text()
                     metrics = exported(await resp.text())
                 missing = wanted - set(metrics)
