@@ -60,6 +60,12 @@ STARTED = Gauge("oms_start_time_seconds", "When this process started (unix time)
 
 BUILD.labels(metadata.version("flashsale-gateway"), platform.python_version()).set(1)
 STARTED.set(time.time())
+# Counters with a known set of labels start at 0: a series born at 1 shows rate() no increase,
+# so the board would miss the first backend fault or failed delivery.
+BACKEND_ERRORS.labels("redis")
+BACKEND_ERRORS.labels("postgres")
+WEBHOOK_DELIVERIES.labels("delivered")
+WEBHOOK_DELIVERIES.labels("failed")
 
 
 class Tally:

@@ -282,7 +282,10 @@ async def with_forecast(app: web.Application, view: dict[str, Any]) -> dict[str,
 
 
 async def stats(request: web.Request) -> web.Response:
-    """The live numbers an operator watches during a sale, with a forecast per selling SKU."""
+    """The live numbers an operator watches during a sale, with a forecast per selling SKU.
+
+    ``scope`` names which figures are the answering worker's (``pid``) and which are global.
+    """
     principal(request).require("ops")
     app = request.app
     window = app[K.SETTINGS].forecast_window
@@ -295,6 +298,12 @@ async def stats(request: web.Request) -> web.Response:
                   if g["name"] == keys.WRITER_GROUP.encode()), {})
     held, _ = await unless_down(quarantine.count(app[K.PG]), None)
     return json({
+        # with OMS_WORKERS > 1 a request reaches one worker: the "worker" figures are its own
+        # alone; the stream, the consumer group, the quarantine and the forecasts are shared
+        "pid": os.getpid(), "scope": {
+            "worker": ["orders_in_flight", "reserve_batches", "sold_out_answers", "orders_expired"],
+            "global": ["stream_length", "writer_pending", "writer_lag", "quarantined", "window_seconds", "skus"],
+        },
         "orders_in_flight": coalescer.in_flight, "reserve_batches": coalescer.batches,
         "sold_out_answers": coalescer.sold_out_answers,
         "orders_expired": app[K.EXPIRER].expired,
