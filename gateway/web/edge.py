@@ -27,6 +27,7 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.faults import unavailable
+from gateway.web import access
 from gateway.web import appkeys as K
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,9 @@ def report(fault: BackendDown, exc: BaseException) -> None:
         log.warning("answering 503: %s (%s: %s)", fault.detail, type(exc).__name__, exc)
 
 
-def edge(handler: Handler) -> Handler:
-    """``handler`` with its errors rendered as problem+json; never a traceback."""
+def edge(handler: Handler, *, matched: bool = True) -> Handler:
+    """``handler`` with its errors rendered as problem+json, never a traceback; outside that, its
+    request id and access line (gateway/web/access.py; ``matched=False``: no route template)."""
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -90,10 +92,10 @@ def edge(handler: Handler) -> Handler:
             report(fault, exc)
             return problem_response(fault)
 
-    return wrapped
+    return access.logged(wrapped, matched=matched)
 
 
-@edge
+@functools.partial(edge, matched=False)
 async def no_route(request: web.Request) -> web.StreamResponse:
     """404, or 405 naming the allowed methods when the path exists with other methods."""
     allowed: set[str] = set()
