@@ -3,10 +3,11 @@
 Fields: ``time`` (RFC 3339 UTC, milliseconds), ``level``, ``logger``, ``message``, the request
 id of the request being handled (``REQUEST_ID``, set by gateway/web/access.py), every field a
 caller passed in ``extra`` (the access lines' ``route``, ``method``, ``status``, ``duration``),
-``exc`` (the traceback, one string) and ``stack``. The SecretFilter on the handler has already
-cleaned the message and the traceback; the formatter redacts every string field again with the
-same patterns, because ``extra`` values and the request id pass no filter, and because a
-formatter used without the filter must not leak either.
+``exc`` (the traceback, one string) and ``stack``. The SecretFilter that ``install`` finds on
+each handler has cleaned the message, the traceback and the stack before the formatter runs
+(handler filters come first); the formatter redacts, with the same patterns, what no filter
+sees: the request id and every ``extra`` value. Redacting the message twice would double the
+cost of a line: the patterns take about 0.1 us per character.
 """
 
 from __future__ import annotations
@@ -49,19 +50,19 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         redact = self.redact
         line: dict[str, object] = {"time": self.rfc3339(record), "level": record.levelname,
-                                   "logger": record.name, "message": redact(record.getMessage())}
+                                   "logger": record.name, "message": record.getMessage()}
         request_id = REQUEST_ID.get()
         if request_id is not None:
             line["request_id"] = redact(request_id)
         for key, value in record.__dict__.items():  # in the order the caller gave them
             if key not in STANDARD and key not in line:
                 line[key] = value if isinstance(value, PLAIN) else redact(str(value))
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:  # no SecretFilter formatted it
+            record.exc_text = redact(self.formatException(record.exc_info))
         if record.exc_text:
-            line["exc"] = redact(record.exc_text)
+            line["exc"] = record.exc_text
         if record.stack_info:
-            line["stack"] = redact(record.stack_info)
+            line["stack"] = record.stack_info
         try:
             return orjson.dumps(line).decode()
         except (TypeError, orjson.JSONEncodeError):  # a lone surrogate, an int over 64 bits
@@ -69,11 +70,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def install(secret_filter: SecretFilter) -> None:
-    """JSON lines on every root handler, redacted by ``secret_filter``'s patterns; warnings and
-    uncaught exceptions become records too, so nothing but JSON reaches stderr through Python."""
+    """JSON lines on every root handler that ``secret_filter`` guards (``logsafe.install``); warnings
+    and uncaught exceptions become records too, so nothing but JSON reaches stderr through Python."""
     formatter = JsonFormatter(secret_filter.redact)
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(formatter)
+        if secret_filter in handler.filters:
+            handler.setFormatter(formatter)
     logging.captureWarnings(True)
     sys.excepthook = _uncaught
     threading.excepthook = _uncaught_in_thread
