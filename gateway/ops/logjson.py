@@ -65,8 +65,10 @@ class JsonFormatter(logging.Formatter):
             line["stack"] = record.stack_info
         try:
             return orjson.dumps(line).decode()
-        except (TypeError, orjson.JSONEncodeError):  # a lone surrogate, an int over 64 bits
-            return json.dumps(line, default=str)
+        except (TypeError, orjson.JSONEncodeError):  # a lone surrogate (a path from the OS), an int over 64 bits
+            # escaped as the text \udcff: a lone surrogate escaped as JSON would fail strict parsers
+            return json.dumps({k: v.encode("utf-8", "backslashreplace").decode() if isinstance(v, str) else v
+                               for k, v in line.items()}, default=str)
 
 
 def install(secret_filter: SecretFilter) -> None:
