@@ -5,8 +5,8 @@ Every response carries ``X-Request-ID``: the client's when it is 1-128 character
 While the handler runs, ``REQUEST_ID`` holds it and every JSON log line carries it.
 
 One INFO line on ``gateway.access`` per request (method, route template, status, duration),
-except on the order routes, where a sale sends thousands a second and the line would cost
-more than the rest of the wrapper together (README, Logs): there only a fraction
+except on the order routes, where a sale sends thousands a second and a line costs about a
+quarter of the HTTP worker's CPU per order (README, Logs): there only a fraction
 ``OMS_ACCESS_LOG_SAMPLE`` (default 0) is logged, plus every 5xx but 503, which is load
 shedding or a store that is down (already reported once a second by the edge).
 """
