@@ -19,6 +19,7 @@ MIN_JWT_SECRET = 32  # bytes; RFC 7518 3.2 wants an HS256 key of at least 256 bi
 ROLES = ("admin", "ops", "payments", "storefront")
 CHANNELS = ("web", "app", "store", "api", "marketplace")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,8 @@ class Settings:
     forecast_window: int = 300
     metrics_hot_skus: int = 20
     dev_credentials: bool = False
+    log_format: str = "text"
+    access_log_sample: float = 0.0
 
     def __repr__(self) -> str:
         fields = dataclasses.asdict(self)
@@ -142,6 +145,8 @@ class Settings:
             forecast_window=_int(v, "OMS_FORECAST_WINDOW", 300, 10, 86400),
             metrics_hot_skus=_int(v, "OMS_METRICS_HOT_SKUS", 20, 0, 200),
             dev_credentials=dev,
+            log_format=_choice(v, "OMS_LOG_FORMAT", LOG_FORMATS),
+            access_log_sample=_fraction(v, "OMS_ACCESS_LOG_SAMPLE", 0.0),
         )
 
 
@@ -155,6 +160,19 @@ def _int(v: Mapping[str, str], key: str, default: int, lo: int, hi: int) -> int:
         raise ConfigError(f"{key}: not a valid integer: {raw!r}") from None
     if not lo <= value <= hi:
         raise ConfigError(f"{key}: {value} is outside {lo}..{hi}")
+    return value
+
+
+def _fraction(v: Mapping[str, str], key: str, default: float) -> float:
+    raw = v.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}: not a number: {raw!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise ConfigError(f"{key}: expected a fraction 0..1, got {raw!r}")
     return value
 
 

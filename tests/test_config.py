@@ -75,10 +75,22 @@ def test_redis_url_schemes_accepted(url):
     ("OMS_API_KEYS", "ops:web=k-ops"),
     ("OMS_ENV", "staging"),
     ("OMS_RUN_WRITER", "perhaps"),
+    ("OMS_LOG_FORMAT", "xml"),
+    ("OMS_LOG_FORMAT", "JSON"),
+    ("OMS_ACCESS_LOG_SAMPLE", "1.5"),
+    ("OMS_ACCESS_LOG_SAMPLE", "-0.1"),
+    ("OMS_ACCESS_LOG_SAMPLE", "nan"),
+    ("OMS_ACCESS_LOG_SAMPLE", "half"),
 ])
 def test_bad_value_is_refused_naming_its_variable(variable, value):
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: value})
+
+
+def test_log_format_is_text_unless_json_and_order_access_lines_off_unless_sampled():
+    assert (Settings.from_env({}).log_format, Settings.from_env({}).access_log_sample) == ("text", 0.0)
+    s = Settings.from_env({"OMS_LOG_FORMAT": "json", "OMS_ACCESS_LOG_SAMPLE": "0.01"})
+    assert (s.log_format, s.access_log_sample) == ("json", 0.01)
 
 
 def test_malformed_api_key_entry_is_not_echoed_in_the_error():
@@ -151,12 +163,13 @@ def test_unparsable_toml_file_is_a_config_error(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["serve", "migrate"])
-def test_cli_with_bad_port_exits_2_naming_oms_port(tmp_path, command):
+@pytest.mark.parametrize(("variable", "value"), [("OMS_PORT", "abc"), ("OMS_LOG_FORMAT", "yaml")])
+def test_cli_with_bad_value_exits_2_naming_the_variable(tmp_path, command, variable, value):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
-    env |= {"OMS_PORT": "abc", "OMS_DATA_DIR": str(tmp_path / "data")}
+    env |= {variable: value, "OMS_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run([sys.executable, "-m", "gateway", command], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "OMS_PORT" in proc.stderr
+    assert variable in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # refused before any embedded server started

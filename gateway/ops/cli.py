@@ -23,7 +23,7 @@ from rich.progress import Progress, TaskID
 from gateway import db, quarantine
 from gateway.config import ConfigError, Settings
 from gateway.errors import NotReady
-from gateway.ops import logsafe, rebuild
+from gateway.ops import logjson, logsafe, rebuild
 from gateway.ops import reconcile as reconciler
 from gateway.ops.audit import verify
 from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -182,7 +182,7 @@ def reconcile(settings: Settings, fix: bool) -> int:
         try:
             result = asyncio.run(run(settings.redis_url, settings.database_url))
         except NotReady as exc:
-            print(f"reconcile refused: {exc.detail}", file=sys.stderr)
+            log.error("reconcile refused: %s", exc.detail)  # a log line: JSON with OMS_LOG_FORMAT=json
             return 2
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0 if result["ok"] else 1
@@ -192,7 +192,8 @@ def rebuild_redis(settings: Settings, force: bool) -> int:
     """Restore Redis from PostgreSQL and print what came back; exit 2 when refused."""
     async def run(redis_url: str, database_url: str) -> dict[str, object]:
         async with stores(redis_url, database_url) as (client, pool):
-            with Progress(console=Console(stderr=True)) as bar:  # stdout carries the counts
+            # stdout carries the counts; with JSON logs stderr carries nothing else
+            with Progress(console=Console(stderr=True), disable=settings.log_format == "json") as bar:
                 tasks: dict[str, TaskID] = {}
 
                 def report(step: str, done: int, total: int) -> None:
@@ -208,7 +209,7 @@ def rebuild_redis(settings: Settings, force: bool) -> int:
         try:
             counts = asyncio.run(run(settings.redis_url, settings.database_url))
         except rebuild.Refused as exc:
-            print(f"rebuild-redis refused: {exc}", file=sys.stderr)
+            log.error("rebuild-redis refused: %s", exc)
             return 2
     print(orjson.dumps(counts, option=orjson.OPT_INDENT_2).decode())
     return 0
@@ -255,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env(os.environ)
-        logsafe.install(settings)  # before anything logs; serve's children run main() and install it too
+        secret_filter = logsafe.install(settings)  # before anything logs; serve's children run main() too
+        if settings.log_format == "json":
+            logjson.install(secret_filter)
         if args.command == "audit":
             return audit(settings, args.action)
         if args.command == "reconcile":

@@ -45,10 +45,18 @@ class SecretFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         literals = sorted({s for s in secrets if s}, key=len, reverse=True)  # longest first: a key inside another
+        self.literals = tuple(literals)
         self.pattern = re.compile("|".join([*map(re.escape, literals), *PATTERNS]))
         self.formatter = logging.Formatter()
 
     def redact(self, text: str) -> str:
+        """``text`` with every match replaced. The regex costs about 0.1 us a character (no
+        literal prefix for the engine to search for), so a text holding nothing any pattern
+        needs (a configured secret, ``eyJ``, ``://``, ``bearer`` in any case) skips it: most
+        log lines, among them every access line."""
+        if not (any(secret in text for secret in self.literals) or "eyJ" in text or "://" in text
+                or "bearer" in text.lower()):
+            return text
         return self.pattern.sub(self._replace, text)
 
     @staticmethod

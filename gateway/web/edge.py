@@ -28,6 +28,8 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.faults import unavailable
+from gateway.ops.logjson import REQUEST_ID
+from gateway.web import access
 from gateway.web import appkeys as K
 
 log = logging.getLogger(__name__)
@@ -60,33 +62,56 @@ def report(fault: BackendDown, exc: BaseException) -> None:
         log.warning("answering 503: %s (%s: %s)", fault.detail, type(exc).__name__, exc)
 
 
-def edge(handler: Handler, route: str = "unmatched", method: str = "*") -> Handler:
-    """``handler`` with its errors rendered as problem+json, never a traceback; each answer
-    counted under its route template (gateway/metrics.py: a dict increment and a bisect)."""
+def edge(handler: Handler, route: str | None = None, method: str = "*", sample: float | None = None) -> Handler:
+    """``handler`` with its errors rendered as problem+json, never a traceback, and with what every
+    answer carries: its request id (the header and, while it runs, ``REQUEST_ID`` for the log),
+    its count and latency under the route template (gateway/metrics.py: a dict increment and a
+    bisect) and its access line (every answer, or the ``sample`` fraction: gateway/web/access.py).
+
+    One wrapper for all of it: each coroutine layer costs the order route ~0.15 µs. ``route``
+    None is ``no_route``, counted as ``unmatched``: a client's path never becomes a label.
+    """
     requests = metrics.tally(metrics.HTTP_REQUESTS)
-    latency = metrics.spread(metrics.HTTP_DURATION, route, method)
+    label = route or "unmatched"
+    latency = metrics.spread(metrics.HTTP_DURATION, label, method)
+    logs = access.sampled(sample)
+
+    def finish(request: web.Request, rid: str, status: int, started: float) -> None:
+        requests.add(label, method, status)
+        elapsed = time.perf_counter() - started
+        latency.observe(elapsed)
+        if logs(status):
+            access.line(request, route, rid, status, elapsed)
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        rid = access.request_id(request)
+        token = REQUEST_ID.set(rid)
         try:
-            response = await handler(request)
-        except GatewayError as err:
-            # A refusal the coalescer settled on a future comes back as the future's exception
-            # while the handler's frame still holds that future: exception -> traceback ->
-            # frame -> future -> exception is a cycle only the collector frees. Each refused
-            # order left ~24 such objects: a 30 ms collection each 2,000 refusals.
-            err.__traceback__ = None
-            response = problem_response(err)
-        except web.HTTPRequestEntityTooLarge:
-            response = problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
-        except web.HTTPException:
-            raise
-        except Exception as exc:
-            response = unexpected(request, exc)
-        requests.add(route, method, response.status)
-        latency.observe(time.perf_counter() - started)
-        return response
+            try:
+                response = await handler(request)
+            except GatewayError as err:
+                # A refusal the coalescer settled on a future comes back as the future's exception
+                # while the handler's frame still holds that future: exception -> traceback ->
+                # frame -> future -> exception is a cycle only the collector frees. Each refused
+                # order left ~24 such objects: a 30 ms collection each 2,000 refusals.
+                err.__traceback__ = None
+                response = problem_response(err)
+            except web.HTTPRequestEntityTooLarge:
+                response = problem_response(PayloadTooLarge(f"Body exceeds {request.app[K.SETTINGS].max_body} bytes"))
+            except web.HTTPException as exc:  # for aiohttp to render
+                exc.headers[access.HEADER] = rid
+                finish(request, rid, exc.status, started)
+                raise
+            except Exception as exc:
+                response = unexpected(request, exc)
+            if not response.prepared:  # a streamed response sent its headers already
+                response.headers[access.HEADER] = rid
+            finish(request, rid, response.status, started)
+            return response
+        finally:
+            REQUEST_ID.reset(token)
 
     return wrapped
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.models import NoteIn, ShipIn
-from gateway.web import events, handlers, monitoring, reconciliation, webhooks
+from gateway.web import access, events, handlers, monitoring, reconciliation, webhooks
+from gateway.web import appkeys as K
 from gateway.web.edge import Handler, edge, no_route
 
 ROUTES: list[tuple[str, str, Handler]] = [
@@ -40,6 +41,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 def setup(app: web.Application) -> None:
+    """Every route behind the edge; the order routes' access lines are sampled (gateway/web/access.py)."""
+    sample = app[K.SETTINGS].access_log_sample
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, edge(handler, path, method))
+        quiet = (method, path) in access.ORDER_ROUTES
+        app.router.add_route(method, path, edge(handler, path, method, sample if quiet else None))
     app.router.add_route("*", "/{path:.*}", no_route)  # last: it matches every path
