@@ -27,6 +27,7 @@ from gateway.errors import (
     NotReady,
     Overloaded,
     PriceMismatch,
+    RateLimited,
     SaleNotActive,
 )
 from gateway.inventory import WarehouseCache
@@ -39,19 +40,21 @@ from gateway.wire import Reserve
 log = logging.getLogger(__name__)
 
 Result = tuple[int, dict[str, Any]]
-Queued = tuple[OrderIn, bytes, "asyncio.Future[Result]"]
+Queued = tuple[OrderIn, bytes, str, "asyncio.Future[Result]"]  # the order, its payload, its key_id ("": a user's)
 
 
 def reserve_call(
-    orders: list[tuple[OrderIn, bytes]], warehouses: WarehouseCache, sales: SaleCache, strategy: str,
+    orders: list[tuple[OrderIn, bytes, str]], warehouses: WarehouseCache, sales: SaleCache, strategy: str,
     ttl_ms: int, record_ttl: int, max_backlog: int = 0,
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one reserve script call for a batch (see lua/reserve.lua)."""
-    ks = [keys.events(), keys.expiry(), keys.wh_version(), keys.sale_version(), keys.ready()]
+    """KEYS and ARGV of one reserve script call for a batch (see lua/reserve.lua); each order
+    comes with its payload and the ``key_id`` of the service key that sent it ("" for a user)."""
+    ks = [keys.events(), keys.expiry(), keys.wh_version(), keys.sale_version(), keys.ready(), keys.rate_limits()]
     prefs: dict[tuple[str, ...], int] = {}
     packed = []
-    for order, payload in orders:
-        ks.append(keys.order(order.order_id))
+    for order, payload, key_id in orders:
+        ks += [keys.order(order.order_id), keys.bucket("orders:user", order.user_id),
+               keys.bucket("orders:key", key_id or "-")]
         chosen = strategy
         if order.sale_id is not None:
             ks += [keys.sale(order.sale_id), keys.sale_user(order.sale_id, order.user_id)]
@@ -64,7 +67,7 @@ def reserve_call(
         lines = [[item.sku, item.qty, index, -1 if item.unit_price is None else item.unit_price]
                  for item in order.items]
         packed.append([order.order_id, payload.decode(), ttl_ms, lines, order.channel,
-                       int(order.sale_id is not None), int(chosen == "max_stock")])
+                       int(order.sale_id is not None), int(chosen == "max_stock"), int(bool(key_id))])
     batch = orjson.dumps({"p": list(prefs), "o": packed})
     return ks, [record_ttl, batch, warehouses.version, max_backlog]
 
@@ -112,8 +115,9 @@ class Coalescer:
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run(), name="coalescer")
 
-    def submit(self, order: OrderIn) -> asyncio.Future[Result]:
+    def submit(self, order: OrderIn, key_id: str = "") -> asyncio.Future[Result]:
         """Queue one validated order; the future gets ``(status, body)`` or a GatewayError.
+        ``key_id`` names the service key that sent it for its rate limit ("" for a user's token).
 
         Raises InsufficientStock for a SKU remembered as sold out (gateway/soldout.py), and
         Overloaded instead of queueing past ``max_in_flight`` (bounded memory).
@@ -128,7 +132,7 @@ class Coalescer:
         # the loop start() saw: asyncio.get_running_loop() calls getpid() on Python 3.11, a
         # system call that took 6% of a sold-out answer's CPU here
         fut: asyncio.Future[Result] = self._loop.create_future()
-        self._pending.append((order, encode(order), fut))
+        self._pending.append((order, encode(order), key_id, fut))
         self.in_flight += 1
         self._idle.clear()
         self._wake.set()
@@ -160,11 +164,11 @@ class Coalescer:
             if not isinstance(exc, GatewayError):
                 log.exception("batch of %d orders failed", len(batch))
                 exc = BackendDown("Reservation failed, retry with the same order_id")
-            for _, _, fut in batch:
+            for _, _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
         else:
-            for (_, _, fut), result in zip(batch, results, strict=True):
+            for (_, _, _, fut), result in zip(batch, results, strict=True):
                 if fut.done():
                     continue
                 if isinstance(result, Exception):
@@ -177,7 +181,7 @@ class Coalescer:
             self._sizes.observe(len(batch))
 
     async def _reserve(self, batch: list[Queued]) -> list[Any]:
-        orders = [(order, payload) for order, payload, _ in batch]
+        orders = [(order, payload, key_id) for order, payload, key_id, _ in batch]
         epoch = self.soldout.epoch if self.soldout else 0
         while True:
             ks, args = reserve_call(orders, self.warehouses, self.sales, self.strategy, self.ttl_ms,
@@ -191,7 +195,7 @@ class Coalescer:
                 break
             await self.warehouses.load()  # another process changed warehouses: plan again
         await self.sales.refresh(int(reply[1]))
-        return [self._decode(order, payload, r, epoch) for (order, payload, _), r in zip(batch, reply[2:], strict=True)]
+        return [self._decode(order, payload, r, epoch) for (order, payload, _, _), r in zip(batch, reply[2:], strict=True)]
 
     def _decode(self, order: OrderIn, payload: bytes, r: list[Any], epoch: int) -> Result | Exception:
         code = int(r[0])
@@ -202,6 +206,8 @@ class Coalescer:
             return (201 if accepted else 200, body)
         if code == Reserve.MISMATCH:
             return IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
+        if code == Reserve.RATE_LIMITED:
+            return RateLimited(int(r[1]))
         if code == Reserve.SALE_REFUSED:
             return Coalescer._sale_refusal(order, r[1].decode(), int(r[2]), int(r[3]))
         line, missing = int(r[1]), int(r[2])  # Reserve.SHORT

@@ -3,6 +3,7 @@
 GatewayError
  ├── BadRequest (400)           ├── Unauthorized (401)       ├── Forbidden (403)
  ├── NotFound (404)             ├── PayloadTooLarge (413)    ├── Invalid (422)
+ ├── RateLimited (429, Retry-After)
  ├── Conflict (409): IdempotencyMismatch, InsufficientStock, BelowReserved, IllegalTransition,
  │     ReservationExpired, AmountMismatch, PaymentConflict, SaleNotActive, LimitExceeded,
  │     PriceMismatch
@@ -22,6 +23,7 @@ class GatewayError(Exception):
     status = 500
     code = "internal"
     title = "Internal error"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, detail: str | None = None, *, code: str | None = None, **extra: Any) -> None:
         """``extra`` becomes members of the problem body; naming a reserved one is a TypeError."""
@@ -118,6 +120,14 @@ class LimitExceeded(Conflict):
 
 class PriceMismatch(Conflict):
     code, title = "price_mismatch", "Prices are the sale's to decide"
+
+
+class RateLimited(GatewayError):
+    status, code, title = 429, "rate_limited", "Too many requests; retry after Retry-After seconds"
+
+    def __init__(self, wait_ms: int) -> None:
+        super().__init__(f"Rate limited: a token is due in {wait_ms} ms")
+        self.retry_after = max(1, -(-wait_ms // 1000))  # whole seconds, rounded up
 
 
 class Unavailable(GatewayError):

@@ -21,6 +21,8 @@ oms:{p}:stockstate:<sku>                string   ok, low_stock or sold_out: the 
 oms:{p}:ready                           string   present while Redis holds the whole state (not lost or rebuilding)
 oms:{p}:sale_version                    string   bumped on every sale change
 oms:{p}:sale_user:<n>:<sale_id>:<user>  hash     ``units`` a user holds in the sale; sale lifetime
+oms:{p}:ratelimits                      hash     ``<scope>`` -> "rate,burst" (gateway/ratelimits.py); forever
+oms:{p}:bucket:<n>:<scope>:<who>        hash     a token bucket: ``t`` tokens at ``at`` (ms); until full again
 oms:restock                             channel  pub/sub: a SKU (or ``*``) that may have units again
 
 Keys are injective: no two (kind, partition, ids) give the same key, whatever the ids hold
@@ -34,7 +36,7 @@ Keys are injective: no two (kind, partition, ids) give the same key, whatever th
   decimal; the last id runs to the end of the key, as it is.
 
 So ``parse`` reads any key back into (kind, partition, ids). Single-id keys are written as
-they always were; only ``sale_user`` (two ids) carries a length. The tag is a ``{...}``
+they always were; only ``sale_user`` and ``bucket`` (two ids) carry a length. The tag is a ``{...}``
 without ``:``, ``{`` or ``}`` inside and comes first, so it is the key's cluster hash tag
 whatever braces an id holds. SCAN patterns come from ``pattern(kind)``, never from an id,
 so glob characters in ids do not matter.
@@ -50,6 +52,7 @@ RESTOCK = f"{PREFIX}:restock"  # a pub/sub channel, not a key: every process hea
 KINDS = {
     "stock": 1, "order": 1, "holders": 1, "expiry": 0, "events": 0, "warehouses": 0, "wh_version": 0,
     "sale": 1, "sales": 0, "sale_version": 0, "sale_user": 2, "stockstate": 1, "ready": 0,
+    "ratelimits": 0, "bucket": 2,
 }
 
 
@@ -108,6 +111,14 @@ def sale_version(p: str = "{p0}") -> str:
 
 def sale_user(sale_id: str, user_id: str, p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:sale_user:{len(sale_id.encode())}:{sale_id}:{user_id}"
+
+
+def rate_limits(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:ratelimits"
+
+
+def bucket(scope: str, who: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:bucket:{len(scope.encode())}:{scope}:{who}"
 
 
 def stock_state(sku: str, p: str = "{p0}") -> str:

@@ -21,6 +21,7 @@ from gateway.errors import (
     NotFound,
     NotReady,
     PaymentConflict,
+    RateLimited,
     ReservationExpired,
 )
 from gateway.models import decode_order, encode, render_order
@@ -89,7 +90,7 @@ async def load_order(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str) -
 async def change(
     scripts: Scripts, pool: asyncpg.Pool, order_id: str, action: str, data: dict[str, Any], *,
     record_ttl: int, visible: Callable[[str, str], bool], user_only: bool = False, payment_id: str = "",
-    amount: int | None = None, reason: str = "",
+    amount: int | None = None, reason: str = "", key_id: str = "",
 ) -> dict[str, Any]:
     """Apply ``action`` to the order; returns the order as it now is.
 
@@ -116,7 +117,7 @@ async def change(
         if expected is not None and amount != expected:
             raise AmountMismatch(f"amount {amount} differs from the order total {expected}", total=expected)
     ks, args = transition_call(order_id, payload, action, data, payment_id=payment_id, reason=reason,
-                               hydrate=hydrate, record_ttl=record_ttl, user_only=user_only)
+                               hydrate=hydrate, record_ttl=record_ttl, user_only=user_only, key_id=key_id)
     status, changed = check_reply(await scripts.call("transition", ks, args), action)
     if changed:
         TRANSITIONS.add(status)
@@ -127,12 +128,14 @@ async def change(
 
 def transition_call(
     order_id: str, payload: dict[str, Any], action: str, data: dict[str, Any], *, payment_id: str = "",
-    reason: str = "", hydrate: str = "", record_ttl: int, user_only: bool = False,
+    reason: str = "", hydrate: str = "", record_ttl: int, user_only: bool = False, key_id: str = "",
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one transition script call."""
+    """KEYS and ARGV of one transition script call; ``key_id`` names the service key whose
+    payments:key bucket a payment takes a token from."""
     sale_id = payload.get("sale_id") or ""
     ks = [keys.order(order_id), keys.events(), keys.expiry(), keys.sale(sale_id),
-          keys.sale_user(sale_id, payload["user_id"]), keys.ready()]
+          keys.sale_user(sale_id, payload["user_id"]), keys.ready(), keys.rate_limits(),
+          keys.bucket("payments:key", key_id or "-")]
     ks.extend(keys.stock(item["sku"]) for item in payload["items"])
     rules = lifecycle.rules(action)
     if user_only:  # a buyer may only cancel an order that is not paid yet
@@ -159,4 +162,6 @@ def check_reply(reply: list[Any], action: str) -> tuple[str, bool]:
         raise IllegalTransition(f"cannot {action} an order that is {status}", order_status=status)
     if code is Transition.EXPIRED:
         raise ReservationExpired("The reservation expired; the order is cancelled and its stock released")
+    if code is Transition.RATE_LIMITED:
+        raise RateLimited(int(reply[1]))
     raise IllegalTransition("the reservation has not expired yet", order_status="pending_payment")

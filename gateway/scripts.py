@@ -21,11 +21,14 @@ from gateway.errors import BackendDown
 from gateway.faults import unavailable
 
 NAMES = ("reserve", "stock", "transition", "repair")
+PRELUDES = {"reserve": ("bucket",), "transition": ("bucket",)}  # Lua files put before a script
 T = TypeVar("T")
 
 
 def source(name: str) -> str:
-    return importlib.resources.files("gateway.lua").joinpath(f"{name}.lua").read_text()
+    """The text loaded as script ``name``: its preludes (shared local functions), then its file."""
+    files = importlib.resources.files("gateway.lua")
+    return "".join(files.joinpath(f"{part}.lua").read_text() for part in (*PRELUDES.get(name, ()), name))
 
 
 class Scripts:

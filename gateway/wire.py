@@ -22,6 +22,7 @@ class Reserve(IntEnum):
     MISMATCH = 3  # the order id with another payload
     SHORT = 4  # a line cannot be filled
     SALE_REFUSED = 5
+    RATE_LIMITED = 6  # a rate limit (gateway/ratelimits.py): nothing taken
 
 
 class Transition(IntEnum):
@@ -34,6 +35,7 @@ class Transition(IntEnum):
     ILLEGAL = 3
     EXPIRED = 4  # pay too late: the order expired
     NOT_DUE = 5  # expire before reserved_until
+    RATE_LIMITED = 6  # pay: the payments:key limit (gateway/ratelimits.py); nothing changed
 
 
 class Stock(IntEnum):

@@ -1,18 +1,20 @@
 -- reserve.lua: reserve stock for a coalesced batch of orders, each atomic on its own.
 --
 -- KEYS[1]  events stream     KEYS[2]  expiry zset     KEYS[3]  warehouse version
--- KEYS[4]  sale version      KEYS[5]  the ready marker
--- KEYS[6..] per order, in batch order: the order hash, then (only for an order in a sale)
+-- KEYS[4]  sale version      KEYS[5]  the ready marker     KEYS[6]  the rate limits hash
+-- KEYS[7..] per order, in batch order: the order hash, its user's orders:user bucket, its
+--          service key's orders:key bucket (gateway/ratelimits.py), then (only for an order in a sale)
 --          the sale hash and the user's counter in that sale, then one stock hash per line,
 --          then one holders zset per line (order ids whose record names the SKU, scored by
 --          the record's expiry: gateway/soldout.py lets those past a sold-out SKU's flag)
 -- ARGV[1]  seconds an order record (the idempotency record) lives
 -- ARGV[2]  JSON batch: {"p": [[wh, ...], ...],            preference lists, shared
 --                      "o": [[order_id, payload, ttl_ms, [[sku, qty, pref_index, price], ...],
---                             channel, in_sale, max_stock], ...]}
+--                             channel, in_sale, max_stock, by_key], ...]}
 --          payload is the canonical order JSON: equal payloads mean the same order; price
 --          is the line's unit price or -1; in_sale is 1 when the order names a sale;
---          max_stock is 1 when lines draw from the warehouses with most stock first.
+--          max_stock is 1 when lines draw from the warehouses with most stock first; by_key
+--          is 1 when a service key sent it (its bucket counts), 0 for a user's token.
 -- ARGV[3]  the warehouse version the preference lists were computed from
 -- ARGV[4]  the most entries the stream may hold (0: no limit); written entries are deleted,
 --          so its length is what PostgreSQL has yet to receive
@@ -26,6 +28,7 @@
 --   {2, alloc, created_ms, until_ms, status}   same order_id and payload seen before (200)
 --   {3}                                        same order_id, other payload (409)
 --   {4, line_index, missing_qty}               a line cannot be filled; nothing was taken (409)
+--   {6, wait_ms}                               a rate limit refuses it (429); nothing taken
 --   {5, code, a, b}                            the sale refuses it (409): sale_not_active,
 --                                              channel_not_allowed, sku_not_in_sale (a = line),
 --                                              limit_exceeded (a = units held, b = limit),
@@ -34,6 +37,8 @@
 -- or ""), k:<sku> (member) and $:<sku> (price), and the live count "sold".
 -- alloc is "wh=qty,wh=qty;..." with one ";"-separated group per line, in line order.
 --
+-- A rate limit is checked only for an order that would be new, before its sale and stock:
+-- a token is spent even when those refuse it, so a bot asking for sold-out stock runs dry.
 -- Every order is checked in full before anything is written, so a short line takes
 -- nothing; later orders of the batch see the stock earlier ones took (one script = one
 -- atomic step in Redis).
@@ -69,6 +74,19 @@ end
 if redis.call('EXISTS', KEYS[5]) == 0 then return {-2} end
 local max_backlog = tonumber(ARGV[4])
 if max_backlog > 0 and redis.call('XLEN', events_key) >= max_backlog then return {-3} end
+local limits = redis.call('HMGET', KEYS[6], 'orders:user', 'orders:key')
+local user_limit, key_limit = limit_of(limits[1]), limit_of(limits[2])
+
+-- nil when the order may go on (its tokens spent), else the {6, wait_ms} refusal
+local function rate_check(user_bucket, key_bucket, by_key)
+  local wait_user, wait_key, user_tokens, key_tokens = 0, 0, nil, nil
+  if user_limit then wait_user, user_tokens = bucket_wait(user_bucket, user_limit, now) end
+  if by_key and key_limit then wait_key, key_tokens = bucket_wait(key_bucket, key_limit, now) end
+  if wait_user > 0 or wait_key > 0 then return {6, math.max(wait_user, wait_key)} end
+  if user_tokens then bucket_take(user_bucket, user_limit, user_tokens, now) end
+  if key_tokens then bucket_take(key_bucket, key_limit, key_tokens, now) end
+  return nil
+end
 local wh_version = tonumber(redis.call('GET', version_key) or '0')
 if wh_version ~= tonumber(ARGV[3]) then return {-1} end
 -- The split policy fewest_splits; allocator/policy.py is its reference and says it in words.
@@ -134,21 +152,22 @@ local function plan_order(lines, first_stock, max_stock)
 end
 
 local out = {wh_version, tonumber(redis.call('GET', sale_version_key) or '0')}
-local k = 6
+local k = 7
 for i = 1, #orders do
   local o = orders[i]
   local order_id, payload, ttl_ms, lines, channel, in_sale = o[1], o[2], o[3], o[4], o[5], o[6] == 1
-  local max_stock = o[7] == 1
-  local order_key = KEYS[k]
-  local sale_key, counter_key = KEYS[k + 1], KEYS[k + 2]
-  local first_stock = k + 1
-  if in_sale then first_stock = k + 3 end
+  local max_stock, by_key = o[7] == 1, o[8] == 1
+  local order_key, user_bucket, key_bucket = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local sale_key, counter_key = KEYS[k + 3], KEYS[k + 4]
+  local first_stock = k + 3
+  if in_sale then first_stock = k + 5 end
   local first_holders = first_stock + #lines
   k = first_holders + #lines
 
   local seen = redis.call('HMGET', order_key, 'p', 'a', 'c', 'u', 's')
   local refusal, units, sale_ttl, sale_end = nil, 0, nil, nil
-  if not seen[1] and in_sale then
+  if not seen[1] then refusal = rate_check(user_bucket, key_bucket, by_key) end
+  if not seen[1] and not refusal and in_sale then
     refusal, units, sale_ttl, sale_end = sale_check(sale_key, counter_key, lines, channel)
     if sale_ttl and sale_ttl ~= '' then ttl_ms = tonumber(sale_ttl) end
   end

@@ -2,8 +2,9 @@
 --
 -- KEYS[1]  order hash       KEYS[2]  events stream      KEYS[3]  expiry zset
 -- KEYS[4]  sale hash        KEYS[5]  the user's per-sale counter (both unused without a sale)
--- KEYS[6]  the ready marker
--- KEYS[7..] one stock hash per order line, in line order
+-- KEYS[6]  the ready marker    KEYS[7]  the rate limits hash
+-- KEYS[8]  the paying service key's payments:key bucket (gateway/ratelimits.py; used by pay only)
+-- KEYS[9..] one stock hash per order line, in line order
 -- ARGV[1]  action           ARGV[2]  order id
 -- ARGV[3]  rules "src>dst>event>stock;..." for this action (gateway/lifecycle.py is the table)
 -- ARGV[4]  statuses that mean the action already happened, "a,b"
@@ -24,6 +25,8 @@
 --   {3, status}              illegal from this status (nothing changed)
 --   {4}                      pay too late: the order expired here now (stock returned) or earlier
 --   {5}                      expire before reserved_until (nothing changed)
+--   {6, wait_ms}             pay refused by the payments:key rate limit (nothing changed; a
+--                            payment already made is answered as done, whatever the limit)
 -- Stock effects: release gives reserved units back to available; ship takes them out of
 -- on hand and reserved together and records an inventory.moved ledger entry per warehouse.
 
@@ -62,6 +65,14 @@ if not rule then return {3, status} end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if action == 'pay' then
+  local limit = limit_of(redis.call('HGET', KEYS[7], 'payments:key'))
+  if limit then
+    local wait, tokens = bucket_wait(KEYS[8], limit, now)
+    if wait > 0 then return {6, wait} end
+    bucket_take(KEYS[8], limit, tokens, now)
+  end
+end
 local expired = now >= tonumber(rec[4])
 local reply = nil
 if action == 'pay' and expired then
@@ -77,7 +88,7 @@ if effect ~= 'none' then
   local j = 0
   for group in string.gmatch(rec[3], '[^;]+') do
     j = j + 1
-    local stock_key, sku = KEYS[6 + j], ARGV[11 + j]
+    local stock_key, sku = KEYS[8 + j], ARGV[11 + j]
     if effect == 'release' then redis.call('PUBLISH', ARGV[11], sku) end
     for wh, qty in string.gmatch(group, '([^=,]+)=(%d+)') do
       qty = tonumber(qty)

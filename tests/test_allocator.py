@@ -85,7 +85,7 @@ async def test_reserve_script_matches_the_reference(engine, stock, qtys, strateg
             await redis.hset(keys.stock(f"S{j}"), mapping=layout)
     items = [{"sku": f"S{j}", "qty": qtys[j]} for j in range(len(stock))]
     order = decode_order(orjson.dumps(order_body("o", items=items, ship_to={"region": region})))
-    ks, args = reserve_call([(order, encode(order))], cache, sales, strategy, 60_000, 60)
+    ks, args = reserve_call([(order, encode(order), "")], cache, sales, strategy, 60_000, 60)
     reply = (await scripts.call("reserve", ks, args))[2]
 
     pref = cache.order(strategy, region)

@@ -14,7 +14,7 @@ BUILDERS = {
     "stock": keys.stock, "order": keys.order, "holders": keys.holders, "expiry": keys.expiry,
     "events": keys.events, "warehouses": keys.warehouses, "wh_version": keys.wh_version, "sale": keys.sale,
     "sales": keys.sales, "sale_version": keys.sale_version, "sale_user": keys.sale_user,
-    "stockstate": keys.stock_state, "ready": keys.ready,
+    "stockstate": keys.stock_state, "ready": keys.ready, "ratelimits": keys.rate_limits, "bucket": keys.bucket,
 }
 # Characters that mean something in a key (separator, hash tag, glob, digits of a length
 # prefix) or in the kind words, and any other character a user id may hold.

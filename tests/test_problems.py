@@ -102,7 +102,8 @@ def concrete_errors():
 
 @pytest.mark.parametrize("cls", list(concrete_errors()), ids=lambda cls: cls.__name__)
 def test_every_error_class_renders_its_status_as_a_number(cls):
-    err = cls("SKU-1", 2) if cls is errors.InsufficientStock else cls("detail")
+    args = {errors.InsufficientStock: ("SKU-1", 2), errors.RateLimited: (1500,)}.get(cls, ("detail",))
+    err = cls(*args)
     body = err.problem()
     assert body["status"] == cls.status and type(body["status"]) is int
     assert body["code"] == err.code

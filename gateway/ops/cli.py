@@ -1,4 +1,5 @@
-"""``python -m gateway``: serve, http, writer, migrate, audit verify, reconcile, rebuild-redis, quarantine."""
+"""``python -m gateway``: serve, http, writer, migrate, audit verify, reconcile, rebuild-redis, quarantine,
+rate-limit."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from gateway import db, quarantine
+from gateway import db, quarantine, ratelimits
 from gateway.config import ConfigError, Settings
 from gateway.errors import NotReady
 from gateway.ops import logjson, logsafe, rebuild
@@ -28,6 +29,7 @@ from gateway.ops import reconcile as reconciler
 from gateway.ops.audit import verify
 from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
 from gateway.ops.supervisor import CANNOT_START, orphan_guard, run_writer, supervise
+from gateway.ratelimits import Limit
 from gateway.scripts import Scripts
 from gateway.web.app import create_app
 
@@ -233,6 +235,36 @@ def quarantine_command(settings: Settings, action: str, ids: list[int] | None) -
     return 1 if result.get("refused") else 0
 
 
+def rate_limit(settings: Settings, action: str, scope: str | None, rate: float | None, burst: int) -> int:
+    """Show, set or lift a rate limit (gateway/ratelimits.py); every process applies it at its
+    next script call. Prints the limits in force; exit 2 for a limit that cannot be."""
+    limit = None
+    try:
+        if action != "show" and scope is None:
+            raise ValueError(f"{action} needs a scope")
+        if action == "set":
+            if rate is None:
+                raise ValueError("set needs --rate")
+            limit = Limit(rate, burst)
+    except ValueError as exc:
+        print(f"rate-limit: {exc}", file=sys.stderr)
+        return CANNOT_START
+
+    async def run(redis_url: str) -> dict[str, object]:
+        client = aioredis.from_url(redis_url, socket_timeout=10)
+        try:
+            if action != "show":
+                await ratelimits.put(client, scope, limit)  # type: ignore[arg-type]
+            return {s: dataclasses.asdict(v) for s, v in (await ratelimits.read(client)).items()}
+        finally:
+            await client.aclose()
+
+    with backends(settings) as settings:
+        assert settings.redis_url
+        print(orjson.dumps(asyncio.run(run(settings.redis_url)), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Flash-sale order gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     quarantine_cmd.add_argument("action", choices=["list", "replay"])
     quarantine_cmd.add_argument("--id", type=int, action="append", dest="ids",
                                 help="replay only this entry (repeatable); default: every open one")
+    limit_cmd = sub.add_parser("rate-limit", help="show, set or lift the rate limits (live, every process)")
+    limit_cmd.add_argument("action", choices=["show", "set", "off"])
+    limit_cmd.add_argument("scope", nargs="?", choices=ratelimits.SCOPES)
+    limit_cmd.add_argument("--rate", type=float, help="tokens a second (set)")
+    limit_cmd.add_argument("--burst", type=int, default=1, help="most tokens saved, and a new bucket's (set; default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -267,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             return quarantine_command(settings, args.action, args.ids)
         if args.command == "rebuild-redis":
             return rebuild_redis(settings, args.force)
+        if args.command == "rate-limit":
+            return rate_limit(settings, args.action, args.scope, args.rate, args.burst)
         return {"serve": serve, "http": http, "writer": writer, "migrate": migrate}[args.command](settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

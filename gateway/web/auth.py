@@ -18,6 +18,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 from gateway.config import MIN_JWT_SECRET, ApiKey
 from gateway.errors import Forbidden, Unauthorized
 from gateway.models import LATEST, UserId, valid
+from gateway.ratelimits import key_id
 
 log = logging.getLogger(__name__)
 CACHE_LIMIT = 200_000
@@ -29,6 +30,7 @@ class Principal:
     role: str  # admin, ops, payments, storefront or user
     channel: str | None = None
     user_id: str | None = None
+    key_id: str = ""  # a service key's name in its rate-limit buckets (gateway/ratelimits.py); "" for a user
 
     def require(self, *roles: str) -> None:
         """403 unless the caller has one of ``roles``; admin may do what any service may."""
@@ -39,7 +41,7 @@ class Principal:
 
 class Authenticator:
     def __init__(self, api_keys: Mapping[str, ApiKey], jwt_secret: str) -> None:
-        self.services = {key: Principal(k.role, k.channel) for key, k in api_keys.items()}
+        self.services = {key: Principal(k.role, k.channel, key_id=key_id(key)) for key, k in api_keys.items()}
         self.secret = jwt_secret
         self._users: dict[str, tuple[Principal, float]] = {}
         if len(jwt_secret.encode()) < MIN_JWT_SECRET:

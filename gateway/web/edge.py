@@ -25,7 +25,6 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     Unauthorized,
-    Unavailable,
 )
 from gateway.faults import unavailable
 from gateway.ops.logjson import REQUEST_ID
@@ -37,9 +36,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def problem_response(err: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
-    """The problem+json answer; a 401 names its scheme (RFC 9110 requires it), a 503 when to retry."""
+    """The problem+json answer; a 401 names its scheme (RFC 9110 requires it), a 429 or 503 when to retry."""
     headers = dict(headers or {})
-    if isinstance(err, Unavailable):
+    if err.retry_after is not None:
         headers["Retry-After"] = str(err.retry_after)
     elif isinstance(err, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"

@@ -68,7 +68,7 @@ async def submit(
     may_submit(who, order, services)
     if order.sale_id is not None:
         order = await app[K.SALES].apply_prices(order)
-    return app[K.COALESCER].submit(order)
+    return app[K.COALESCER].submit(order, who.key_id)
 
 
 OUTCOMES = metrics.tally(metrics.ORDERS)  # by outcome: accepted, replayed or the refusal's code
@@ -162,7 +162,7 @@ async def pay(request: web.Request) -> web.Response:
     body = decode(await request.read(), PaymentIn)
     data = {"payment_id": body.payment_id, "amount": body.amount}
     return json(await change(request, who, "pay", data,
-                             payment_id=body.payment_id, amount=body.amount))
+                             payment_id=body.payment_id, amount=body.amount, key_id=who.key_id))
 
 
 async def cancel(request: web.Request) -> web.Response:
