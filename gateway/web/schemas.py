@@ -293,8 +293,9 @@ class OrderQuery(Struct, forbid_unknown_fields=True):
 class EventQuery(Struct, forbid_unknown_fields=True):
     """``GET /v1/events``: the id to read after and the page size; no other parameter is taken."""
 
-    after: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0
-    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    # empty (``?after=&limit=``, the form the docs show) means the default
+    after: Annotated[int, Meta(ge=0, le=2**63 - 1)] | Literal[""] = 0
+    limit: Annotated[int, Meta(ge=1, le=1000)] | Literal[""] = 100
 
 
 # The type of each path parameter, by name: the body field it names.
