@@ -102,6 +102,9 @@ def fuzz(doc: dict[str, Any], base_url: str) -> Run:
                   phases=[Phase.explicit, Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
         @given(case=strategy(operation), role=roles)
         def check(case: Any, role: str) -> None:
+            if any(isinstance(v, list) and len(v) == 1 for v in (case.query or {}).values()):
+                # ["5"] goes out as ?limit=5, the same bytes as 5: a "negative" case the server rightly takes
+                return
             run.cases += 1
             case.call_and_validate(base_url=base_url, session=session, checks=CHECKS,
                                    headers={"Authorization": f"Bearer {credentials[role]}"}, timeout=30)

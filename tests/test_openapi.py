@@ -4,6 +4,7 @@ document is valid OpenAPI 3.1, its examples are valid, and /docs works offline."
 from __future__ import annotations
 
 import html.parser
+import re
 
 import msgspec
 import orjson
@@ -12,6 +13,7 @@ from openapi_spec_validator import validate
 from gateway.web import openapi, urls
 from gateway.web import schemas as S
 from gateway.web.docs import ASSETS, asset_dir
+from tests.conftest import auth
 
 
 def operations(doc: dict) -> set[tuple[str, str]]:
@@ -103,3 +105,14 @@ async def test_docs_serve_a_swagger_ui_that_reads_openapi_3_1(gw):
     assert (asset_dir() / "VERSION").read_text().strip().startswith("v5.")  # 4.x refuses `openapi: 3.1.0`
     resp = await gw.client.get("/docs/static/index.html")  # in the package, not an asset the page uses
     assert resp.status == 404 and resp.content_type == "application/problem+json"
+
+
+async def test_a_method_the_document_does_not_name_is_405_allowing_what_it_names(gw):
+    doc = await document(gw)
+    templates = {path: re.compile("^" + re.sub(r"{\w+}", "[^/]+", path) + "$") for path in doc["paths"]}
+    for path in doc["paths"]:
+        concrete = re.sub(r"{\w+}", "x1", path)
+        resp = await gw.client.patch(concrete, headers=auth("k-admin"))
+        allowed = {m.upper() for p, item in doc["paths"].items() if templates[p].match(concrete) for m in item}
+        assert resp.status == 405 and resp.content_type == "application/problem+json", concrete
+        assert set(resp.headers["Allow"].split(",")) == allowed, concrete

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 REF = "#/components/schemas/{name}"
 SERVICE_ROLES = ("admin", "ops", "payments", "storefront")
-TITLES = {400: "Bad request", 401: "Authentication required", 403: "Not allowed", 404: "Not found",
-          409: "Conflict", 413: "Request body too large", 422: "Invalid request", 503: "Service unavailable"}
 # Codes raised with ``code=`` on a general class, which errors.py cannot list: code -> status.
 AD_HOC = {"malformed_json": 400, "client_closed": 400, "invalid_token": 401, "token_expired": 401,
           "sku_not_in_sale": 409, "channel_not_allowed": 409, "too_deep": 422, "duplicate_sku": 422,
@@ -39,17 +38,17 @@ COMMON = {  # kind of route -> codes every such route may answer
 _PATH_PARAM = re.compile(r"{(\w+)}")
 
 
+STATUSES = {cls.code: cls.status for cls in vars(errors).values()
+            if isinstance(cls, type) and issubclass(cls, errors.GatewayError)}
+
+
 def status_of(code: str) -> int:
     """The HTTP status a problem ``code`` goes with; a code nobody defined is a KeyError."""
     if code in AD_HOC:
         return AD_HOC[code]
-    if code.startswith("invalid_"):
+    if code.startswith("invalid_"):  # a field's own: invalid_sku, invalid_cursor, ...
         return errors.Invalid.status
     return STATUSES[code]
-
-
-STATUSES = {cls.code: cls.status for cls in vars(errors).values()
-            if isinstance(cls, type) and issubclass(cls, errors.GatewayError)}
 
 
 def ecma(schema: Any) -> Any:
@@ -122,7 +121,7 @@ def operation(route: Route, refs: dict[Any, Any], query: dict[type, dict[str, An
                              "content": content(refs[route.body], ["application/json"], S.EXAMPLES.get(route.body))}
     responses: dict[str, Any] = {}
     for status, type_ in route.ok.items():
-        answer: dict[str, Any] = {"description": "OK" if status < 300 else "Not ready"}
+        answer: dict[str, Any] = {"description": HTTPStatus(status).phrase}
         if status != 204:
             schema = refs[type_] if type_ is not None else {"type": "string"}
             answer["content"] = content(schema, route.media if type_ is None else ["application/json"],
@@ -132,7 +131,7 @@ def operation(route: Route, refs: dict[Any, Any], query: dict[type, dict[str, An
     for code in codes_of(route):
         by_status.setdefault(status_of(code), []).append(code)
     for status, codes in sorted(by_status.items()):
-        answer = {"description": TITLES[status],
+        answer = {"description": HTTPStatus(status).phrase,
                   "content": content(problem_schema(status, codes), ["application/problem+json"])}
         if status == 401:
             answer["headers"] = {"WWW-Authenticate": {"schema": {"const": "Bearer"}, "required": True}}
