@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -43,6 +44,7 @@ LONG = "FUZZ_EXAMPLES" in os.environ
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection, ignored_auth]
 SKU = "FZ-1"
+REQUEST_LINE = 8000  # aiohttp reads at most 8190 bytes of a request line
 # Objects the seed makes, by path parameter: lookups and transitions hit these as well as random ids.
 EXISTING = {"order_id": ["fz-pending", "fz-paid", "fz-shipped", "fz-cancelled", "fz-user-2"], "sku": [SKU],
             "sale_id": ["fz-sale"], "warehouse_id": ["W1"], "webhook_id": ["fz-hook"],
@@ -102,9 +104,12 @@ def fuzz(doc: dict[str, Any], base_url: str) -> Run:
                   phases=[Phase.explicit, Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
         @given(case=strategy(operation), role=roles)
         def check(case: Any, role: str) -> None:
-            if any(isinstance(v, list) and len(v) == 1 for v in (case.query or {}).values()):
-                # ["5"] goes out as ?limit=5, the same bytes as 5: a "negative" case the server rightly takes
+            if any(v is None or isinstance(v, list) and len(v) <= 1 for v in (case.query or {}).values()):
+                # ["5"] goes out as ?limit=5, the same bytes as 5, and None or [] as nothing at all: "negative"
+                # cases whose request is valid, which the server rightly takes
                 return
+            if len(urllib.parse.urlencode(case.query or {}, doseq=True)) > REQUEST_LINE:
+                return  # aiohttp's parser answers a longer request line itself, a plain 400, before any route
             run.cases += 1
             case.call_and_validate(base_url=base_url, session=session, checks=CHECKS,
                                    headers={"Authorization": f"Bearer {credentials[role]}"}, timeout=30)

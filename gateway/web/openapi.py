@@ -124,8 +124,7 @@ def operation(route: Route, refs: dict[Any, Any], query: dict[type, dict[str, An
         answer: dict[str, Any] = {"description": HTTPStatus(status).phrase}
         if status != 204:
             schema = refs[type_] if type_ is not None else {"type": "string"}
-            answer["content"] = content(schema, route.media if type_ is None else ["application/json"],
-                                        S.EXAMPLES.get(type_))
+            answer["content"] = content(schema, route.media, S.EXAMPLES.get(type_))
         responses[str(status)] = answer
     by_status: dict[int, list[str]] = {}
     for code in codes_of(route):
