@@ -52,7 +52,9 @@ class Route:
     body_required: bool = True
     query: type | None = None  # a Struct whose fields are the query parameters
     ok: dict[int, Any] = dataclasses.field(default_factory=lambda: {200: None})
-    media: tuple[str, ...] = ("application/json",)  # of the success answers
+    # of the success answers; a non-JSON route names its type and keeps ok={200: None}, e.g.
+    # Route("GET", "/metrics", metrics, "Prometheus metrics", "operations", OPS, media=("text/plain; version=0.0.4",))
+    media: tuple[str, ...] = ("application/json",)
     codes: tuple[str, ...] = ()
     description: str = ""
 
