@@ -6,14 +6,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LOCUST_HOST ?= http://127.0.0.1:8080
+FUZZ_EXAMPLES ?= 500
 
-.PHONY: all install run test bench locust clean help
+.PHONY: all install run test fuzz bench locust clean help
 
 all: test
 
 help:
 	@echo "make run    install into .venv and start the gateway (embedded Valkey + PostgreSQL under .data/)"
 	@echo "make test   install into .venv and run the whole suite against real servers"
+	@echo "make fuzz   the API fuzzed against its OpenAPI document, longer and with fresh random cases (FUZZ_EXAMPLES=500 per operation)"
 	@echo "make bench  ceiling vs naive vs gateway, prints the table, writes bench/results/ (BENCH_ARGS=--quick)"
 	@echo "make locust headless Locust flash sale against a running gateway (LOCUST_HOST)"
 
@@ -34,6 +36,9 @@ run: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
 
 bench: install $(BENCH_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -354,6 +354,17 @@ async def test_bad_query_is_422_problem(gw, params, code):
     assert problem["status"] == 422
 
 
+@pytest.mark.parametrize("headers,scope", [(as_user("u-1"), {"user_id": "u-2"}), (auth("k-web"), {"channel": "app"})],
+                         ids=["user_asking_for_another_user", "storefront_asking_for_another_channel"])
+@pytest.mark.parametrize("params,code", [({"cursor": ""}, "invalid_cursor"), ({"from": "yesterday"}, "invalid_from"),
+                                         ({"to": ""}, "invalid_to")], ids=["cursor", "from", "to"])
+async def test_bad_query_is_422_even_where_the_callers_scope_lists_nothing(gw, headers, scope, params, code):
+    """Found by tests/test_fuzz.py: the empty answer for another's scope came before the time and cursor checks."""
+    resp = await gw.client.get("/v1/orders", params={**scope, **params}, headers=headers)
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["code"] == code
+
+
 # --- who sees what -------------------------------------------------------------------------------
 
 

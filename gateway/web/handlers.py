@@ -235,6 +235,9 @@ async def list_orders(request: web.Request) -> web.Response:
     for name, value in filters.items():
         if not valid(value, FILTERS[name]):
             raise Invalid(f"{name} is malformed", code=f"invalid_{name}")
+    # every parameter is checked before a caller's scope can make the answer empty
+    times = {op: _time_param(q, name) for name, op in (("from", ">="), ("to", "<"))}
+    after = _parse_cursor(q["cursor"]) if "cursor" in q else None
     if who.role == "user":
         if filters.setdefault("user_id", who.user_id) != who.user_id:
             return json({"orders": [], "next": None})
@@ -245,14 +248,12 @@ async def list_orders(request: web.Request) -> web.Response:
     for column, value in filters.items():
         args.append(value)
         where.append(f"o.{column} = ${len(args)}")
-    for name, op in (("from", ">="), ("to", "<")):
-        t = _time_param(q, name)
+    for op, t in times.items():
         if t is not None:
             args.append(t)
             where.append(f"o.created_at {op} ${len(args)}")
-    if "cursor" in q:
-        at, last_id = _parse_cursor(q["cursor"])
-        args += [at, last_id]
+    if after is not None:
+        args += list(after)
         where.append(f"(o.created_at, o.order_id) < (${len(args) - 1}, ${len(args)})")
     args.append(limit + 1)
     sql = (ORDER_SELECT + (" WHERE " + " AND ".join(where) if where else "")
