@@ -183,7 +183,7 @@ def test_the_board_queries_every_gateway_metric_by_its_series():
 
 
 def test_route_filters_name_real_routes():
-    routes = {(method, path) for method, path, _ in ROUTES} | {(None, path) for _, path, _ in ROUTES}
+    routes = {(r.method, r.path) for r in ROUTES} | {(None, r.path) for r in ROUTES}
     filters = [labels for expr in queries(load_board()) for _, labels in selectors(expr) if "route" in labels]
     assert filters, "no panel filters by route"
     for labels in filters:
