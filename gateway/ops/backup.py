@@ -475,7 +475,7 @@ async def drill(url: str, directory: Path | None, report: Report, *, idempotency
                     counts = await rebuild.rebuild(client, pool, idempotency_ttl=idempotency_ttl,
                                                    progress=_phase(report, "rebuild"))
                     found = await reconcile.reconcile(client, pool)
-                    _, broken = await verify(pool)
+                    _, broken = await verify(pool, progress=lambda done, total: report("audit verify", done, total))
                 finally:
                     await pool.close()
     return DrillResult(orders=manifest.tables.get("orders", 0), events=manifest.tables.get("order_events", 0),
