@@ -406,7 +406,7 @@ class DrillResult:
         if self.conservation:
             parts.append(f"conservation broken for {len(self.conservation)} pair(s)")
         if self.quarantined:
-            parts.append(f"{len(self.quarantined)} quarantined entr(y/ies) open")
+            parts.append(f"quarantined {len(self.quarantined)}")
         if self.broken is None:
             parts.append("audit chain intact")
         else:
