@@ -141,6 +141,9 @@ async def assert_every_route_answers(served: Served) -> None:
     pytest.param(["reconcile"], 0, '"ok": true', id="reconcile"),
     pytest.param(["reconcile", "--repair"], 0, '"repaired": []', id="reconcile-repair"),
     pytest.param(["rebuild-redis"], 2, "rebuild-redis refused", id="rebuild-redis"),  # Redis is in service
+    pytest.param(["backup"], 0, "backed up 1 orders, 1 events", id="backup"),
+    # its own scratch database and Valkey: serve's are only read
+    pytest.param(["drill"], 0, "restored 1 orders, 1 events, drift 0, audit chain intact", id="drill"),
 ])
 async def test_command_beside_serve_uses_its_servers_and_stops_neither(served: Served, args, code, says):
     result = await run_command(served.env, *args)

@@ -3,6 +3,7 @@ first event changed, removed or inserted by hand, and rows left without their or
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -11,11 +12,19 @@ import orjson
 from gateway.chain import GENESIS, event_hash
 
 
-async def verify(pool: asyncpg.Pool, batch: int = 5000) -> tuple[int, dict[str, Any] | None]:
-    """Walk the chain; returns (events checked, the first broken event or None)."""
+async def verify(
+    pool: asyncpg.Pool, batch: int = 5000, progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, dict[str, Any] | None]:
+    """Walk the chain; returns (events checked, the first broken event or None).
+
+    ``progress(checked, total)`` after each batch, for a bar: the walk hashes every event.
+    """
     prev, last_id, checked = GENESIS, 0, 0
     async with pool.acquire() as conn:
+        total = await conn.fetchval("SELECT count(*) FROM order_events") if progress else 0
         while True:
+            if progress:
+                progress(checked, total)
             rows = await conn.fetch(
                 """SELECT id, stream_id, order_id, seq, type, data::text AS data, prev_hash, hash,
                           extract(epoch FROM at) * 1000 AS at_ms

@@ -1,5 +1,5 @@
 """``python -m gateway``: serve, http, writer, migrate, audit verify, reconcile, rebuild-redis, quarantine,
-rate-limit."""
+rate-limit, backup, restore, drill."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -24,6 +25,7 @@ from rich.progress import Progress, TaskID
 from gateway import db, quarantine, ratelimits
 from gateway.config import ConfigError, Settings
 from gateway.errors import NotReady
+from gateway.ops import backup as backups
 from gateway.ops import logjson, logsafe, rebuild
 from gateway.ops import reconcile as reconciler
 from gateway.ops.audit import verify
@@ -265,6 +267,57 @@ def rate_limit(settings: Settings, action: str, scope: str | None, rate: float |
     return 0
 
 
+# --- backup, restore, drill (gateway/ops/backup.py): exit 0 ok, 1 verification failed or the
+# drill found a difference, 2 configuration error or refused, 3 a backend unreachable
+
+def backup_command(settings: Settings, out: str | None) -> int:
+    """Write a dump and its manifest; print where and what."""
+    with backends(settings) as settings:
+        assert settings.database_url
+        where = Path(out) if out else backups.default_dir(settings.data_dir)
+        try:
+            with backups.progress_bars() as report:
+                manifest = asyncio.run(backups.backup(settings.database_url, where, report))
+        except backups.DrillError as exc:
+            print(f"backup failed: {exc}", file=sys.stderr)
+            return exc.exit_code
+    print(f"backed up {manifest.tables.get('orders', 0)} orders, {manifest.tables.get('order_events', 0)} events "
+          f"to {where} ({manifest.dump.bytes} bytes, sha256 {manifest.dump.sha256})")
+    return 0
+
+
+def restore_command(settings: Settings, directory: str, url: str | None, name: str | None, force: bool) -> int:
+    """Load a backup into ``url`` (or database ``name`` on the configured server) and verify it."""
+    with backends(settings) if url is None else contextlib.nullcontext(settings) as settings:
+        assert url or settings.database_url
+        target = url or backups.with_database(settings.database_url or "", name or "")
+        try:
+            with backups.progress_bars() as report:
+                manifest = asyncio.run(backups.restore(Path(directory), target, report, force=force))
+        except backups.DrillError as exc:
+            print(f"restore failed: {exc}", file=sys.stderr)
+            return exc.exit_code
+    print(f"restored {manifest.tables.get('orders', 0)} orders, {manifest.tables.get('order_events', 0)} events "
+          f"into {backups.display(target)}: row counts, audit head and stream offsets match the manifest")
+    return 0
+
+
+def drill_command(settings: Settings, directory: str | None) -> int:
+    """Backup, restore into scratch servers, rebuild, reconcile, audit; the last line says how it went."""
+    with backends(settings) as settings:
+        assert settings.database_url
+        try:
+            with backups.progress_bars() as report:
+                result = asyncio.run(backups.drill(settings.database_url, Path(directory) if directory else None,
+                                                   report, idempotency_ttl=settings.idempotency_ttl))
+        except backups.DrillError as exc:
+            print(f"drill failed: {exc}")
+            return exc.exit_code
+    log.info("drill took %.1f s", result.seconds)
+    print(result.line())
+    return 0 if result.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Flash-sale order gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +342,17 @@ def main(argv: list[str] | None = None) -> int:
     limit_cmd.add_argument("scope", nargs="?", choices=ratelimits.SCOPES)
     limit_cmd.add_argument("--rate", type=float, help="tokens a second (set)")
     limit_cmd.add_argument("--burst", type=int, default=1, help="most tokens saved, and a new bucket's (set; default 1)")
+    backup_cmd = sub.add_parser("backup", help="pg_dump of one snapshot and a manifest describing it")
+    backup_cmd.add_argument("--out", metavar="DIR", help="where to write (default OMS_DATA_DIR/backups/<UTC time>)")
+    restore_cmd = sub.add_parser("restore", help="load a backup into an empty database and verify it")
+    restore_cmd.add_argument("directory", metavar="DIR")
+    restore_target = restore_cmd.add_mutually_exclusive_group(required=True)
+    restore_target.add_argument("--database-url", metavar="URL", help="the target (its password may come from PGPASSWORD)")
+    restore_target.add_argument("--database", metavar="NAME", help="a database on the configured or embedded server")
+    restore_cmd.add_argument("--force", action="store_true", help="restore into a database that is not empty")
+    drill_cmd = sub.add_parser("drill", help="backup, restore into scratch servers, rebuild, reconcile, audit")
+    drill_cmd.add_argument("directory", metavar="DIR", nargs="?",
+                           help="drill the backup here, or back up into it when it holds none (default: a temporary one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -306,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
             return rebuild_redis(settings, args.force)
         if args.command == "rate-limit":
             return rate_limit(settings, args.action, args.scope, args.rate, args.burst)
+        if args.command == "backup":
+            return backup_command(settings, args.out)
+        if args.command == "restore":
+            return restore_command(settings, args.directory, args.database_url, args.database, args.force)
+        if args.command == "drill":
+            return drill_command(settings, args.directory)
         return {"serve": serve, "http": http, "writer": writer, "migrate": migrate}[args.command](settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

