@@ -4,12 +4,14 @@ its log, and a malformed request is one warning line without a traceback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
 import re
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +39,35 @@ def fragments(secret: str, size: int = 6) -> Iterator[str]:
     return (secret[i:i + size] for i in range(len(secret) - size + 1))
 
 
+async def stopped(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """Stop serve with SIGTERM (any child it left is killed) and return its log; it must exit 0."""
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proc.wait, 60)
+    for pid in children(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    return text
+
+
 def leaked(text: str, *values: str) -> list[str]:
     """Every run of 6 characters of a value that the text holds (random values: no chance match)."""
     return [part for value in values for part in fragments(value) if part in text]
+
+
+@contextlib.contextmanager
+def logger_with(name: str, handler: logging.Handler) -> Iterator[logging.Logger]:
+    """Logger ``name`` at INFO with ``handler`` as its only output, put back as it was afterwards."""
+    logger = logging.getLogger(name)
+    propagate, logger.propagate = logger.propagate, False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = propagate
 
 
 @pytest.fixture
@@ -49,15 +77,8 @@ def captured() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretFilter(SECRETS))
-    logger = logging.getLogger("tests.logsafe")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
+    with logger_with("tests.logsafe", handler) as logger:
         yield logger, out
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(logging.NOTSET)
 
 
 def test_filter_redacts_secrets_tokens_and_url_passwords_in_messages_and_tracebacks(captured):
@@ -206,12 +227,7 @@ async def test_hostile_requests_leave_no_secret_and_no_traceback_in_the_log(own_
         assert statuses(await exchange(port, request("/v1/inventory/LOG-1", bearer(ADMIN_KEY)))) == [200]
         assert statuses(await exchange(port, request("/v1/inventory/LOG-1", bearer(OPS_KEY)))) == [200]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, 60)
-        for pid in children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
-    text = log.read_text(errors="replace")
-    assert code == 0, text[-3000:]
+        text = await stopped(proc, log)
     assert leaked(text, *SECRETS, forged, nul_claim) == [], text[-3000:]
     assert "Traceback" not in text and " ERROR " not in text, text[-3000:]
     malformed = [line for line in text.splitlines() if " WARNING aiohttp.server: " in line and "malformed request" in line]

@@ -4,13 +4,10 @@ off on the order routes unless sampled; no secret in any line, of any process of
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
-import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,10 +21,10 @@ import pytest
 from gateway.ops.logjson import REQUEST_ID, JsonFormatter
 from gateway.ops.logsafe import SecretFilter
 from tests.conftest import SECRET, Backends, auth, order_body, user_token
-from tests.test_log_secrets import exchange, leaked, request, statuses
+from tests.test_log_secrets import exchange, leaked, logger_with, request, statuses, stopped
 from tests.test_maintenance_beside_serve import embedded_env, private_tmp
 from tests.test_make_run import ROOT, free_port
-from tests.test_supervisor import children, serve_env, start_serve
+from tests.test_supervisor import serve_env, start_serve
 
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 REQUIRED = ("time", "level", "logger", "message")
@@ -48,15 +45,8 @@ def json_handler(secrets_: tuple[str, ...] = (KEY, SECRET)) -> tuple[logging.Han
 @pytest.fixture
 def json_log() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     handler, out = json_handler()
-    logger = logging.getLogger("tests.logjson")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
+    with logger_with("tests.logjson", handler) as logger:
         yield logger, out
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(logging.NOTSET)
 
 
 def lines(text: str) -> list[dict[str, Any]]:
@@ -111,14 +101,8 @@ def test_the_quick_check_redacts_exactly_what_the_patterns_do(text):
 def access_log() -> Iterator[io.StringIO]:
     """The ``gateway.access`` lines of this process, as JSON."""
     handler, out = json_handler()
-    logger = logging.getLogger("gateway.access")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
+    with logger_with("gateway.access", handler):
         yield out
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(logging.NOTSET)
 
 
 async def test_request_id_is_echoed_on_answers_problems_and_no_route(gw, access_log):
@@ -252,12 +236,7 @@ async def test_serve_with_json_logs_writes_only_json_lines_with_ids_and_no_secre
                 echoed[fresh[1].decode()] = ("/healthz", 200)
         assert 200 in hostile_answers and 400 in hostile_answers, hostile_answers  # both paths were tried
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, 60)
-        for pid in children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
-    text = log.read_text(errors="replace")
-    assert code == 0, text[-3000:]
+        text = await stopped(proc, log)
     parsed = lines(text)  # every line of the supervisor, both HTTP workers and the writer
     assert all(all(field in line for field in REQUIRED) and TIME.match(line["time"]) for line in parsed)
     assert {line["logger"] for line in parsed} >= {"gateway", "gateway.ops.supervisor", "gateway.access"}

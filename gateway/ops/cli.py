@@ -11,8 +11,9 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TextIO, TypeVar
 
 import asyncpg
 import orjson
@@ -36,6 +37,7 @@ from gateway.scripts import Scripts
 from gateway.web.app import create_app
 
 log = logging.getLogger("gateway")
+T = TypeVar("T")
 TOOL_TIMEOUT = 600  # seconds a maintenance command's query may take (a rebuild reads every order)
 
 
@@ -270,17 +272,24 @@ def rate_limit(settings: Settings, action: str, scope: str | None, rate: float |
 # --- backup, restore, drill (gateway/ops/backup.py): exit 0 ok, 1 verification failed or the
 # drill found a difference, 2 configuration error or refused, 3 a backend unreachable
 
+def with_progress(what: str, step: Callable[[Any], Coroutine[Any, Any, T]], out: TextIO = sys.stderr) -> T:
+    """Run ``step`` (given the progress reporter); a DrillError is ``<what> failed: …`` on ``out``
+    and its exit code (SystemExit: the callers' ``with backends`` still stops what it started)."""
+    try:
+        with backups.progress_bars() as report:
+            return asyncio.run(step(report))
+    except backups.DrillError as exc:
+        print(f"{what} failed: {exc}", file=out)
+        raise SystemExit(exc.exit_code) from None
+
+
 def backup_command(settings: Settings, out: str | None) -> int:
     """Write a dump and its manifest; print where and what."""
     with backends(settings) as settings:
-        assert settings.database_url
+        database_url = settings.database_url
+        assert database_url
         where = Path(out) if out else backups.default_dir(settings.data_dir)
-        try:
-            with backups.progress_bars() as report:
-                manifest = asyncio.run(backups.backup(settings.database_url, where, report))
-        except backups.DrillError as exc:
-            print(f"backup failed: {exc}", file=sys.stderr)
-            return exc.exit_code
+        manifest = with_progress("backup", lambda report: backups.backup(database_url, where, report))
     print(f"backed up {manifest.tables.get('orders', 0)} orders, {manifest.tables.get('order_events', 0)} events "
           f"to {where} ({manifest.dump.bytes} bytes, sha256 {manifest.dump.sha256})")
     return 0
@@ -291,12 +300,8 @@ def restore_command(settings: Settings, directory: str, url: str | None, name: s
     with backends(settings) if url is None else contextlib.nullcontext(settings) as settings:
         assert url or settings.database_url
         target = url or backups.with_database(settings.database_url or "", name or "")
-        try:
-            with backups.progress_bars() as report:
-                manifest = asyncio.run(backups.restore(Path(directory), target, report, force=force))
-        except backups.DrillError as exc:
-            print(f"restore failed: {exc}", file=sys.stderr)
-            return exc.exit_code
+        manifest = with_progress("restore", lambda report: backups.restore(Path(directory), target, report,
+                                                                           force=force))
     print(f"restored {manifest.tables.get('orders', 0)} orders, {manifest.tables.get('order_events', 0)} events "
           f"into {backups.display(target)}: row counts, audit head and stream offsets match the manifest")
     return 0
@@ -305,14 +310,10 @@ def restore_command(settings: Settings, directory: str, url: str | None, name: s
 def drill_command(settings: Settings, directory: str | None) -> int:
     """Backup, restore into scratch servers, rebuild, reconcile, audit; the last line says how it went."""
     with backends(settings) as settings:
-        assert settings.database_url
-        try:
-            with backups.progress_bars() as report:
-                result = asyncio.run(backups.drill(settings.database_url, Path(directory) if directory else None,
-                                                   report, idempotency_ttl=settings.idempotency_ttl))
-        except backups.DrillError as exc:
-            print(f"drill failed: {exc}")
-            return exc.exit_code
+        database_url, ttl = settings.database_url, settings.idempotency_ttl
+        assert database_url
+        result = with_progress("drill", lambda report: backups.drill(
+            database_url, Path(directory) if directory else None, report, idempotency_ttl=ttl), out=sys.stdout)
     log.info("drill took %.1f s", result.seconds)
     print(result.line())
     return 0 if result.ok else 1
