@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from gateway import keys
 from tests.conftest import auth, order_body
 
 
@@ -68,3 +69,19 @@ async def test_rejected_order_id_may_be_retried_after_restock(gw):
     assert (await first.json())["code"] == "insufficient_stock"
     await gw.set_stock("SKU-1", {"W1": 1})
     assert (await gw.post("/v1/orders", body)).status == 201
+
+
+async def test_past_the_window_an_old_id_is_new_to_redis_and_postgresql_quarantines_it(gw, pg, redis):
+    """Where the promise ends (README, Guarantees): the record gone, as after OMS_IDEMPOTENCY_TTL,
+    the same id reserves again; PostgreSQL keeps the first order and holds the second apart."""
+    await gw.set_stock("SKU-1", {"W1": 10})
+    body = order_body("old-1", items=[{"sku": "SKU-1", "qty": 2}])
+    assert (await gw.post("/v1/orders", body, auth("k-web"))).status == 201
+    await gw.caught_up()
+    await redis.delete(keys.order("old-1"))  # what the record's TTL does
+    assert (await gw.post("/v1/orders", body, auth("k-web"))).status == 201
+    await gw.caught_up()
+    assert await pg.fetchval("SELECT count(*) FROM orders WHERE order_id = 'old-1'") == 1
+    assert await pg.fetchval("SELECT count(*) FROM order_events WHERE order_id = 'old-1'") == 1
+    assert await pg.fetchval("SELECT count(*) FROM quarantine WHERE replayed_at IS NULL") == 1
+    assert (await gw.stock("SKU-1"))["available"] == 6  # both reservations hold until they expire
