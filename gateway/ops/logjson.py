@@ -1,7 +1,7 @@
 """JSON log lines (``OMS_LOG_FORMAT=json``): one object per line, every string field redacted.
 
 Fields: ``time`` (RFC 3339 UTC, milliseconds), ``level``, ``logger``, ``message``, the request
-id of the request being handled (``REQUEST_ID``, set by gateway/web/access.py), every field a
+id of the request being handled (``REQUEST_ID``, set by gateway/web/edge.py), every field a
 caller passed in ``extra`` (the access lines' ``route``, ``method``, ``status``, ``duration``),
 ``exc`` (the traceback, one string) and ``stack``. The SecretFilter that ``install`` finds on
 each handler has cleaned the message, the traceback and the stack before the formatter runs
