@@ -379,10 +379,13 @@ class Rows:
     def _status(self, stream_id: str, kind: str, f: dict[str, str]) -> None:
         order_id, seq, at, data = f["o"], int(f["n"]), int(f["c"]), orjson.loads(f["d"])
         self.events.append((stream_id, order_id, seq, kind, at, canonical(data).decode()))
+        entry = (order_id, f["s"], seq, at, data.get("payment_id"),
+                 data.get("reason") if f["s"] == "cancelled" else None)
         latest = self.status.get(order_id)
-        if latest is None or latest[2] < seq:
-            self.status[order_id] = (order_id, f["s"], seq, at, data.get("payment_id"), data.get("reason")
-                                     if f["s"] == "cancelled" else None)
+        if latest is not None:  # one row per order: the newest change, with what an older one set
+            newer, older = (entry, latest) if latest[2] < seq else (latest, entry)
+            entry = (*newer[:4], newer[4] or older[4], newer[5] or older[5])
+        self.status[order_id] = entry
 
     def _accepted(self, stream_id: str, f: dict[str, str]) -> None:
         order_id, payload = f["o"], orjson.loads(f["p"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway import lifecycle
+from gateway.web import appkeys as K
 from tests.conftest import as_user, auth, order_body
 
 ENDPOINT = {"pay": "payment", "cancel": "cancel", "ship": "ship", "complete": "complete",
@@ -179,3 +180,19 @@ async def test_ship_writes_shipment_ledger_rows(gw, pg):
     assert [tuple(r) for r in rows] == [("W1", -1, "shipment", "o-1"), ("W2", -1, "shipment", "o-1")]
     on_hand = dict(await pg.fetch("SELECT warehouse, on_hand FROM inventory WHERE sku = 'SKU-1'"))
     assert on_hand == {"W1": 0, "W2": 0, "W3": 1}
+
+
+async def test_a_payment_and_a_refund_written_in_one_batch_keep_the_payment_id(make_gateway, pg):
+    """The writer keeps one status row per order and batch: the newest change must not drop what
+    an older one set (found by tests/test_model.py: a refunded order lost its payment_id)."""
+    gw = await make_gateway(run_writer=False)  # every change waits in the stream: one batch
+    await gw.set_stock("SKU-1", {"W1": 5})
+    assert (await gw.post("/v1/orders", order_body("one-batch", items=[{"sku": "SKU-1", "qty": 1}]))).status == 201
+    pay = auth("k-pay")
+    assert (await gw.post("/v1/orders/one-batch/payment", {"payment_id": "pay-77", "amount": 0}, pay)).status == 200
+    assert (await gw.post("/v1/orders/one-batch/refund", {}, pay)).status == 200
+    assert (await gw.post("/v1/orders/one-batch/refund-confirm", {}, pay)).status == 200
+    gw.app[K.WRITER].start()
+    await gw.caught_up()
+    row = await pg.fetchrow("SELECT status, payment_id, last_seq FROM orders WHERE order_id = 'one-batch'")
+    assert dict(row) == {"status": "refunded", "payment_id": "pay-77", "last_seq": 4}

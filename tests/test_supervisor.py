@@ -5,6 +5,7 @@ and children do not outlive a supervisor that was killed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -93,12 +94,18 @@ async def serve(backends: Backends, redis, pg, tmp_path) -> AsyncIterator[tuple[
 
 
 def kill_serve(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL serve and every child it left, whatever state the test left them in."""
+    """SIGKILL serve and every child it left, whatever state the test left them in.
+
+    The children are found first: once the supervisor is dead they belong to init, and an
+    orphaned writer would go on writing the next test's stream into the shared PostgreSQL.
+    """
+    kids = set(children(proc.pid))
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    for pid in children(proc.pid):
-        os.kill(pid, signal.SIGKILL)
+    for pid in kids | set(children(proc.pid)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 async def workers_answering(base: str, want: int, timeout: float = 30.0) -> set[int]:
