@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,7 @@ class Workload:
         self.server_errors: list[str] = []
         self.gave_up: list[str] = []
         self.answers: dict[int, int] = {}
+        self.refusals: Counter[str] = Counter()  # 4xx answers by code
         self.done = asyncio.Event()
 
     async def send(self, http: aiohttp.ClientSession, method: str, path: str, body: Any,
@@ -309,7 +311,10 @@ class Workload:
                     status = resp.status
                     self.answers[status] = self.answers.get(status, 0) + 1
                     if status < 500 and status != 429:
-                        return status, await resp.json()
+                        answer = await resp.json()
+                        if status >= 400:
+                            self.refusals[answer.get("code", "?")] += 1
+                        return status, answer
                     if status not in (503, 429):
                         self.server_errors.append(f"{status} {method} {path}: {(await resp.text())[:200]}")
                     retry_after = float(resp.headers.get("Retry-After", 0))
@@ -522,6 +527,7 @@ async def soak(seed: int, faults: int, orders: int, rate: float | None, base: Pa
                 await watcher
         ran = time.monotonic() - began
         log(f"  workload done in {ran:.0f}s: answers {dict(sorted(workload.answers.items()))}, "
+            f"refusals {dict(workload.refusals.most_common())}, "
             f"{len(acked.orders)} orders and {len(acked.transitions)} transitions acknowledged"
             + (f", {len(workload.gave_up)} requests given up" if workload.gave_up else ""))
         for line in workload.server_errors[:5]:
@@ -563,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="oms-soak-"))
+    code = 1
     try:
         import uvloop
 
@@ -576,13 +583,14 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
                 return await soak(args.seed, args.faults, args.orders, args.rate, base)
 
-            return runner.run(run())
+            code = runner.run(run())
+            return code
     except (KeyboardInterrupt, asyncio.CancelledError):
         log(f"seed {args.seed}: interrupted")
         return 130
     finally:
-        if args.keep:
-            log(f"kept {base}")
+        if args.keep or code == 1:  # a failed soak keeps its logs and data to look at
+            print(f"kept {base} (serve.log, valkey/, pg/)", file=sys.stderr)
         else:
             shutil.rmtree(base, ignore_errors=True)
 
