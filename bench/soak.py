@@ -362,11 +362,15 @@ class Workload:
         """Adds stock now and then; every attempt counts toward the units put there (a retried
         adjust after a timeout may have been applied twice)."""
         rng = random.Random(f"{self.seed}:restock")
+        sent = 0
         while not self.done.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.done.wait(), 0.25)
+            # about 0.9 units per order sent since the last restock (an order asks for 2.7 on
+            # average and most come back by cancel or expiry): SKUs sell out now and then
             sku, wh = rng.choice(SKUS), rng.choice(list(WAREHOUSES))
-            delta = max(1, int(rng.uniform(0.1, 0.3) * self.rate))
+            delta = max(1, int(rng.uniform(0.5, 1.3) * (self.next - sent)))
+            sent = self.next
             self.acked.put_bound[(sku, wh)] += delta
             try:
                 async with http.post(f"{self.base}/v1/inventory/{sku}/adjust", headers=auth("ops"),
@@ -376,16 +380,26 @@ class Workload:
             except (aiohttp.ClientError, TimeoutError):
                 pass
 
+    async def progress(self) -> None:
+        """A line every 30 s: on a shared machine the sale may fall behind its pace."""
+        while not self.done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), 30)
+            if not self.done.is_set():
+                log(f"  t+{time.monotonic() - self.start:.0f}s: {self.next} of {self.orders} orders sent "
+                    f"(due {min(self.orders, int((time.monotonic() - self.start) * self.rate))}), "
+                    f"{len(self.acked.orders)} acknowledged")
+
     async def run(self) -> None:
         self.start = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            restock = asyncio.create_task(self.restocker(http))
+            side = [asyncio.create_task(self.restocker(http)), asyncio.create_task(self.progress())]
             try:
                 await asyncio.gather(*(self.client() for _ in range(CLIENTS)))
             finally:
                 self.done.set()
-                await restock
+                await asyncio.gather(*side)
 
 
 async def setup_stock(base: str, acked: Acked) -> None:

@@ -17,7 +17,7 @@ KINDS = (
 )
 CORE = ("writer_kill", ("postgres_restart", "valkey_restart"), ("proxy_cut", "proxy_stall", "proxy_reset", "proxy_slow"))
 LINKS = ("valkey", "postgres")
-ORDER_RATE = 400.0  # orders a second the workload is paced at by default (2 cores, fsync)
+ORDER_RATE = 200.0  # orders a second by default: what 2 shared cores carry with the clients on them (fsync)
 FAULT_ROOM = 8.0  # seconds of run per fault at least: a supervisor kill and its restart take ~5 s
 
 

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
+from bench.soakcheck import Acked, check
 from bench.soakplan import CORE, schedule
+from tests.conftest import order_body
 from tests.test_make_run import ROOT
 
 pytestmark = pytest.mark.slow
@@ -45,3 +47,27 @@ def test_a_short_soak_loses_nothing_it_acknowledged(tmp_path):
     assert (seed, faults) == (SEED, FAULTS)
     assert acknowledged > ORDERS // 4
     assert (lost, duplicated, oversold, transitions_lost) == (0, 0, 0, 0)
+
+
+async def test_the_verdict_counts_what_the_stores_lack(gw, redis, pg):
+    """The checks can fail: an order never sent, one stored with other allocations, a transition
+    that did not happen and more units taken than were put are each counted."""
+    await gw.set_stock("SOAK-T", {"W1": 10})
+    for oid in ("v-1", "v-2"):
+        resp = await gw.post("/v1/orders", order_body(oid, items=[{"sku": "SOAK-T", "qty": 2}]))
+        assert resp.status == 201, await resp.text()
+    await gw.caught_up()
+    line = (("SOAK-T", 2),)
+    acked = Acked(orders={"v-1": (line, (("SOAK-T", "W1", 2),)), "v-2": (line, (("SOAK-T", "W2", 2),)),
+                          "v-ghost": (line, (("SOAK-T", "W1", 2),))},
+                  transitions={"v-1": "paid"})
+    acked.put_bound[("SOAK-T", "W1")] = 3  # the restocker's count says fewer units than the 4 taken
+    verdict = await check(redis, pg, acked, faults=1)
+    assert sorted(verdict.lost) == ["v-2", "v-ghost"]
+    assert verdict.duplicated == []
+    assert verdict.transitions_lost == [("v-1", "paid", "pending_payment")]
+    assert [(o["sku"], o["warehouse"], o["taken"]) for o in verdict.oversold] == [("SOAK-T", "W1", 4)]
+    assert verdict.reconcile["ok"] and verdict.audit_broken is None
+    assert not verdict.ok
+    assert verdict.line(9) == ("seed 9: 1 faults, 3 acknowledged, 2 lost, 0 duplicated, 1 oversold, "
+                               "1 transitions lost, conservation ok, audit ok")
