@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LOCUST_HOST ?= http://127.0.0.1:8080
 FUZZ_EXAMPLES ?= 500
+SOAK_ARGS ?= --seed 1 --faults 20 --orders 100000
 
-.PHONY: all install run test fuzz bench locust clean help
+.PHONY: all install run test fuzz soak bench locust clean help
 
 all: test
 
@@ -16,6 +17,7 @@ help:
 	@echo "make run    install into .venv and start the gateway (embedded Valkey + PostgreSQL under .data/)"
 	@echo "make test   install into .venv and run the whole suite against real servers"
 	@echo "make fuzz   the API fuzzed against its OpenAPI document, longer and with fresh random cases (FUZZ_EXAMPLES=500 per operation)"
+	@echo "make soak   the seeded fault soak: a flash sale against serve through kills, stops, restarts, network faults and a power cut, then 0 lost / duplicated / oversold (SOAK_ARGS='--seed 1 --faults 20 --orders 100000')"
 	@echo "make bench  ceiling vs naive vs gateway, prints the table, writes bench/results/ (BENCH_ARGS=--quick)"
 	@echo "make locust headless Locust flash sale against a running gateway (LOCUST_HOST)"
 
@@ -39,6 +41,9 @@ test: install
 
 fuzz: install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
+
+soak: install
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 bench: install $(BENCH_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)

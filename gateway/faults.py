@@ -31,6 +31,9 @@ POSTGRES_FAULTS: tuple[type[BaseException], ...] = (
 # A socket that would not connect (ConnectionRefusedError, a unix socket gone: FileNotFoundError)
 # and a call past its timeout reach us unwrapped from both clients.
 TRANSPORT_FAULTS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
+# uvloop raises RuntimeError, not OSError, for a write on a transport the peer already reset
+# (a proxy in front of the store accepts, then resets: MagicStack/uvloop#506); redis-py lets it through.
+CLOSED_TRANSPORT = "the handler is closed"
 T = TypeVar("T")
 
 
@@ -42,7 +45,7 @@ def unavailable(exc: BaseException) -> BackendDown | None:
         return BackendDown("Redis is loading or busy, retry shortly", backend="redis")
     if isinstance(exc, POSTGRES_FAULTS):
         return BackendDown("PostgreSQL is unreachable, retry shortly", backend="postgres")
-    if isinstance(exc, TRANSPORT_FAULTS):
+    if isinstance(exc, TRANSPORT_FAULTS) or (isinstance(exc, RuntimeError) and CLOSED_TRANSPORT in str(exc)):
         return BackendDown("A backing store is unreachable, retry shortly")
     return None
 

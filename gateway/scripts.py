@@ -94,7 +94,7 @@ class Scripts:
     async def _redis_call(call: Awaitable[T]) -> T:
         try:
             return await call
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, RuntimeError) as exc:  # RuntimeError: uvloop's closed transport
             fault = unavailable(exc)
             if fault is None:
                 raise
