@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import auth, order_body, user_token
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "45"))  # per operation: over 1,000 cases in all
 LONG = "FUZZ_EXAMPLES" in os.environ
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection, ignored_auth]
@@ -131,4 +131,4 @@ async def test_every_answer_of_every_operation_conforms_to_the_document(gw):
     base_url = str(gw.client.make_url("")).rstrip("/")
     run = await asyncio.to_thread(fuzz, doc, base_url)
     assert not run.failures, "\n\n".join(f"== {label}\n{text}" for label, text in run.failures.items())
-    assert run.cases >= 1000 or EXAMPLES < 60, run.cases
+    assert run.cases >= 1000 or EXAMPLES < 45, run.cases

@@ -44,7 +44,7 @@ from allocator import plan
 from gateway.web import appkeys as K
 from tests.conftest import as_user, auth, order_body
 
-EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "35"))
+EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "20"))
 STEPS = int(os.environ.get("MODEL_STEPS", "50"))
 # MODEL_NOSHRINK=1 reports the first failing run as found: quicker while a failure is being looked at
 PHASES = [p for p in Phase if not (p is Phase.shrink and os.environ.get("MODEL_NOSHRINK"))]
