@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 import redis as sync_redis
 
+from bench.soak import children
 from gateway.config import Settings
 from gateway.ops.cli import backends as start_backends
 from gateway.ops.supervisor import QUICK_DEATH, Child
@@ -26,26 +27,6 @@ from tests.conftest import ADMIN, Backends, order_body, process_alive
 from tests.test_make_run import ROOT, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def children(pid: int) -> dict[int, str]:
-    """pid -> role ("http" / "writer") of the live children of ``pid``."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        for role in (b"http", b"writer"):  # a child between fork and exec still reads "serve"
-            if ppid == pid and cmdline[-3:-1] == [b"gateway", role]:
-                found[int(entry.name)] = role.decode()
-    return found
-
-
 
 
 async def until(check: Callable[[], object], timeout: float = 30) -> None:
