@@ -18,7 +18,7 @@ DEV_JWT_SECRET = "dev-secret"
 MIN_JWT_SECRET = 32  # bytes; RFC 7518 3.2 wants an HS256 key of at least 256 bits
 ROLES = ("admin", "ops", "payments", "storefront")
 CHANNELS = ("web", "app", "store", "api", "marketplace")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
 LOG_FORMATS = ("text", "json")
 
 
