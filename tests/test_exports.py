@@ -167,3 +167,9 @@ async def test_exports_answer_their_roles_only(gw, path, allowed, refused):
         resp = await gw.client.get(f"/v1/exports/{path}", headers=headers)
         assert resp.status == 403 and (await resp.json())["code"] == "forbidden"
     assert (await gw.client.get(f"/v1/exports/{path}")).status == 401
+
+
+@pytest.mark.parametrize("path", ["orders.csv", "payments.csv", "refunds.csv", "movements.csv"])
+async def test_a_misspelt_filter_is_refused_not_taken_for_no_filter(gw, path):
+    resp = await gw.client.get(f"/v1/exports/{path}?currancy=EUR", headers=ADMIN)
+    assert resp.status == 422 and (await resp.json())["code"] == "unknown_parameter"

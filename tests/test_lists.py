@@ -295,6 +295,9 @@ async def test_finance_lists_are_for_payments_ops_and_admin(gw, path, headers, s
     ("/v1/refunds", "to=yesterday", "invalid_to"),
     ("/v1/refunds", "cursor=%FF", "invalid_cursor"),
     ("/v1/refunds", "limit=-1", "invalid_limit"),
+    ("/v1/payments", "curency=EUR", "unknown_parameter"),
+    ("/v1/inventory", "sku=L-1", "unknown_parameter"),
+    (f"/v1/inventory/{SKU}/movements", "warehouses=W1", "unknown_parameter"),
 ])
 async def test_bad_list_parameters_are_422_with_their_code(gw, path, query, code):
     resp = await gw.client.get(f"{path}?{query}", headers=ADMIN)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import re
 from typing import Annotated, Any
 
+import msgspec
 import orjson
 from aiohttp import web
 from msgspec import Meta
@@ -36,6 +38,19 @@ def path_id(request: web.Request, name: str, type_: Any) -> str:
     if not valid(value, type_):
         raise Invalid(f"{name} is malformed", code=f"invalid_{name}")
     return value
+
+
+@functools.cache
+def param_names(query_type: type) -> frozenset[str]:
+    return frozenset(f.encode_name for f in msgspec.structs.fields(query_type))
+
+
+def only_params(q: Any, query_type: type) -> None:
+    """422 ``unknown_parameter`` for a parameter ``query_type`` does not name: a misspelt filter
+    must not widen a list or an export to everything."""
+    unknown = sorted(set(q) - param_names(query_type))
+    if unknown:
+        raise Invalid(f"Unknown query parameter(s): {', '.join(unknown)}", code="unknown_parameter")
 
 
 def query_limit(q: Any, default: int = 50, most: int = LIST_LIMIT) -> int:

@@ -31,7 +31,8 @@ from gateway.ops.logjson import REQUEST_ID
 from gateway.orders import total
 from gateway.web import access
 from gateway.web import appkeys as K
-from gateway.web.common import neutral, principal, query_value
+from gateway.web import schemas as S
+from gateway.web.common import neutral, only_params, principal, query_value
 from gateway.web.lists import (
     MOVEMENTS,
     NEWEST,
@@ -115,6 +116,7 @@ async def orders_csv(request: web.Request) -> web.StreamResponse:
     """GET /v1/orders as CSV: the same filters and scope, newest first."""
     who = principal(request)
     may_list_orders(who)
+    only_params(request.query, S.OrderExportQuery)
     where = order_filters(who, request.query)
     if where is None:  # nothing in the caller's scope: the header alone
         sql, args = ORDERS + " WHERE false", []
@@ -126,6 +128,7 @@ async def orders_csv(request: web.Request) -> web.StreamResponse:
 def money_csv(money: Money) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         principal(request).require("payments", "ops")
+        only_params(request.query, S.MoneyExportQuery)
         where = money_filters(request.query)
         sql = money.select + where.sql(" AND ") + NEWEST.format("e")
         return await stream_csv(request, f"{money.name}.csv", money.columns, sql, where.args,
@@ -141,6 +144,7 @@ refunds_csv = money_csv(REFUNDS)
 async def movements_csv(request: web.Request) -> web.StreamResponse:
     """The ledger of one SKU (``sku``) or of all, newest first."""
     principal(request).require("ops")
+    only_params(request.query, S.MovementExportQuery)
     sku = query_value(request.query, "sku", Sku)
     where = movement_filters(request.query, sku)
     sql = MOVEMENTS + where.sql() + NEWEST.format("m")

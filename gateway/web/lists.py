@@ -24,10 +24,12 @@ from gateway.models import Channel, Currency, SaleId, Sku, UserId, WarehouseId, 
 from gateway.orders import ORDER_SELECT, owner, row_view
 from gateway.sales import sale_views
 from gateway.web import appkeys as K
+from gateway.web import schemas as S
 from gateway.web.auth import Principal, may_read
 from gateway.web.common import cursor as make_cursor
 from gateway.web.common import (
     json,
+    only_params,
     parse_cursor,
     parse_id_cursor,
     path_id,
@@ -173,6 +175,7 @@ async def list_inventory(request: web.Request) -> web.Response:
     """SKUs PostgreSQL has stock rows for, in SKU order, with the live figures from Redis."""
     principal(request).require("ops")
     q = request.query
+    only_params(q, S.InventoryQuery)
     limit = query_limit(q)
     where = Where()
     prefix = query_value(q, "prefix", Sku)
@@ -214,6 +217,7 @@ async def list_movements(request: web.Request) -> web.Response:
     principal(request).require("ops")
     sku = path_id(request, "sku", Sku)
     q = request.query
+    only_params(q, S.MovementQuery)
     limit = query_limit(q)
     where = movement_filters(q, sku)
     if "cursor" in q:
@@ -272,6 +276,7 @@ def money_list(money: Money) -> Any:
         """Newest first; ``totals`` per currency cover every item the filters select, not the page."""
         principal(request).require("payments", "ops")
         q = request.query
+        only_params(q, S.MoneyQuery)
         limit = query_limit(q)
         where = money_filters(q)
         filtered = money.select + where.sql(" AND ")

@@ -40,8 +40,8 @@ ORDER_REFUSALS = ("forbidden", "idempotency_mismatch", "insufficient_stock", "li
                   "not_ready", "rate_limited", "backlog_full")
 TRANSITION = ("forbidden", "not_found", "illegal_transition", "not_ready")
 FINANCE = ("payments", "ops", "admin")
-MONEY_CODES = ("forbidden", "invalid_from", "invalid_to", "invalid_currency", "invalid_limit", "invalid_cursor")
-EXPORT_MONEY_CODES = ("forbidden", "invalid_from", "invalid_to", "invalid_currency", "exports_busy")
+MONEY_CODES = ("forbidden", "unknown_parameter", "invalid_from", "invalid_to", "invalid_currency", "invalid_limit", "invalid_cursor")
+EXPORT_MONEY_CODES = ("forbidden", "unknown_parameter", "invalid_from", "invalid_to", "invalid_currency", "exports_busy")
 CSV = ("text/csv",)
 
 
@@ -120,13 +120,13 @@ ROUTES: list[Route] = [
           ok={200: S.SaleList}, codes=("forbidden",)),
     Route("GET", "/v1/inventory", lists.list_inventory, "SKUs with stock, in SKU order, with live figures",
           "inventory", OPS, query=S.InventoryQuery, ok={200: S.InventoryList},
-          codes=("forbidden", "invalid_limit", "invalid_prefix", "invalid_cursor"),
+          codes=("forbidden", "unknown_parameter", "invalid_limit", "invalid_prefix", "invalid_cursor"),
           description="SKUs PostgreSQL holds stock rows for; the figures are Redis's. No forecast: "
                       "`sales_per_minute` and `sell_out_eta` are null (GET /v1/inventory/{sku} has them)."),
     Route("GET", "/v1/inventory/{sku}/movements", lists.list_movements, "The SKU's stock ledger, newest first",
           "inventory", OPS, query=S.MovementQuery, ok={200: S.MovementList},
-          codes=("forbidden", "invalid_sku", "invalid_warehouse", "invalid_from", "invalid_to", "invalid_limit",
-                 "invalid_cursor")),
+          codes=("forbidden", "unknown_parameter", "invalid_sku", "invalid_warehouse", "invalid_from", "invalid_to",
+                 "invalid_limit", "invalid_cursor")),
     Route("GET", "/v1/orders/{order_id}/events", lists.order_events, "The order's timeline", "orders",
           ("user", "storefront", "ops", "payments", "admin"), ok={200: S.OrderEvents}, codes=("not_found",),
           description="The order's events as PostgreSQL has them, by seq; the same visibility as the order."),
@@ -139,16 +139,17 @@ ROUTES: list[Route] = [
                       "was paid. `totals` cover everything the filters select, not the page."),
     Route("GET", "/v1/exports/orders.csv", exports.orders_csv, "Orders as CSV, streamed", "finance",
           ("user", "storefront", "ops", "admin"), query=S.OrderExportQuery, media=CSV,
-          codes=("forbidden", "invalid_user_id", "invalid_status", "invalid_channel", "invalid_sale_id",
-                 "invalid_from", "invalid_to", "exports_busy"),
-          description="The filters and scope of GET /v1/orders, every matching order."),
+          codes=("forbidden", "unknown_parameter", "invalid_user_id", "invalid_status", "invalid_channel",
+                 "invalid_sale_id", "invalid_from", "invalid_to", "exports_busy"),
+          description="The filters and scope of GET /v1/orders (without its page), every matching order."),
     Route("GET", "/v1/exports/payments.csv", exports.payments_csv, "Payments as CSV, streamed", "finance", FINANCE,
           query=S.MoneyExportQuery, media=CSV, codes=EXPORT_MONEY_CODES),
     Route("GET", "/v1/exports/refunds.csv", exports.refunds_csv, "Refunds as CSV, streamed", "finance", FINANCE,
           query=S.MoneyExportQuery, media=CSV, codes=EXPORT_MONEY_CODES),
     Route("GET", "/v1/exports/movements.csv", exports.movements_csv, "The stock ledger as CSV, streamed",
           "finance", OPS, query=S.MovementExportQuery, media=CSV,
-          codes=("forbidden", "invalid_sku", "invalid_warehouse", "invalid_from", "invalid_to", "exports_busy")),
+          codes=("forbidden", "unknown_parameter", "invalid_sku", "invalid_warehouse", "invalid_from", "invalid_to",
+                 "exports_busy")),
     Route("POST", "/v1/allocations/plan", handlers.allocation_plan, "Plan an allocation, reserving nothing",
           "inventory", OPS, PlanIn, ok={200: S.Plan}, codes=("forbidden", "duplicate_sku")),
     Route("GET", "/v1/stats", handlers.stats, "Live counters and the forecast of the SKUs selling most",
