@@ -8,6 +8,7 @@ import csv
 import io
 import time
 
+import aiohttp
 import pytest
 
 from tests.conftest import as_user, auth, order_body
@@ -65,6 +66,24 @@ async def test_movements_export_streams_from_a_cursor_and_parses_back_exactly(ma
     while await open_exports(pg):  # the handler closes its transaction after the last chunk is out
         assert time.monotonic() < deadline, "the export's transaction stayed open"
         await asyncio.sleep(0.01)
+
+
+async def test_postgres_lost_mid_export_cuts_the_transfer_short_and_the_next_export_works(make_gateway, pg):
+    """Past the status line no 503 can be sent: the client must see a truncated transfer, never a
+    CSV that looks complete."""
+    gw = await make_gateway(export_prefetch=50)
+    await seed_ledger(pg, ROWS)
+    resp = await gw.client.get("/v1/exports/movements.csv", headers=OPS)
+    assert resp.status == 200
+    await resp.content.readany()
+    killed = await pg.fetchval(
+        """SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+           WHERE pid <> pg_backend_pid() AND query LIKE '%inventory_movements m%'
+             AND state IN ('active', 'idle in transaction')) t""")
+    assert killed == 1
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    assert len(await csv_rows(gw, "/v1/exports/movements.csv", to="2026-11-11T00:00:00.100Z")) == 99
 
 
 async def test_movements_export_filters_by_warehouse_and_time_and_covers_every_sku(gw, pg):
