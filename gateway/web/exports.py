@@ -46,7 +46,8 @@ from gateway.web.lists import (
 )
 
 log = logging.getLogger(__name__)
-WRITE_TIMEOUT = 60.0
+WRITE_TIMEOUT = 60.0  # seconds a client may stop reading
+ACQUIRE_TIMEOUT = 10.0
 ORDERS = """
     SELECT o.order_id, (extract(epoch FROM o.created_at) * 1000)::bigint AS created_ms, o.status, o.user_id,
            o.channel, o.sale_id, o.currency, o.payload::text AS payload, o.payment_id, o.cancel_reason
@@ -80,7 +81,9 @@ async def stream_csv(request: web.Request, filename: str, header: Sequence[str],
     resp: web.StreamResponse | None = None
     sent = 0
     try:
-        async with slots, app[K.PG].acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # bounded like every call: a pool the writer keeps busy is a 503, not a hang
+        async with (slots, app[K.PG].acquire(timeout=ACQUIRE_TIMEOUT) as conn,
+                    conn.transaction(isolation="repeatable_read", readonly=True)):
             cur = await conn.cursor(sql, *args)
             rows = await cur.fetch(prefetch)
             resp = web.StreamResponse(headers={
