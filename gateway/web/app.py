@@ -152,6 +152,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body)
     app[K.SETTINGS] = settings
     app[K.AUTH] = Authenticator(settings.api_keys, settings.jwt_secret)
+    app[K.EXPORTS] = asyncio.Semaphore(settings.max_exports)
     app.cleanup_ctx.extend([redis_ctx, pg_ctx, engine_ctx, webhooks_ctx])
     urls.setup(app)
     if settings.dev_credentials:
