@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -30,3 +31,21 @@ def path_id(request: web.Request, name: str, type_: Any) -> str:
     if not valid(value, type_):
         raise Invalid(f"{name} is malformed", code=f"invalid_{name}")
     return value
+
+
+def known_params(query: Any, allowed: Collection[str]) -> None:
+    """422 ``unknown_parameter`` for a query parameter the route does not take: a typo is not ignored."""
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise Invalid(f"Unknown query parameter(s): {', '.join(unknown)}", code="unknown_parameter")
+
+
+def query_int(query: Any, name: str, default: int, lo: int, hi: int) -> int:
+    """One integer parameter within ``lo..hi``; absent or empty (``?after=``) means the default."""
+    values = query.getall(name, [])
+    if not values or values == [""]:
+        return default
+    raw = values[0]
+    if len(values) > 1 or not DIGITS.fullmatch(raw) or not lo <= int(raw) <= hi:
+        raise Invalid(f"{name} must be given once, as an integer in {lo}..{hi}", code=f"invalid_{name}")
+    return int(raw)
