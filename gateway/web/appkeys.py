@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.coalescer import Coalescer
 from gateway.config import Settings
 from gateway.inventory import WarehouseCache
+from gateway.livestats import Streams
 from gateway.metrics import Publisher
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
@@ -33,3 +34,4 @@ EXPIRER: web.AppKey[Expirer] = web.AppKey("expirer")
 SALES = web.AppKey("sales", SaleCache)
 WEBHOOKS: web.AppKey[Sender] = web.AppKey("webhooks")
 PUBLISHER = web.AppKey("publisher", Publisher)
+LIVE = web.AppKey("live", Streams)  # the open /v1/stats/stream streams

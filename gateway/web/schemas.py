@@ -273,6 +273,54 @@ class RepairOut(Out):
     refused: list[Refused]
 
 
+class HotSku(Out):
+    sku: str
+    available: int  # in active warehouses
+    sales_per_minute: float  # over the forecast window
+    sell_out_eta: Time | None  # null when sold out
+
+
+class LiveStats(Out):
+    """The data of a ``stats`` event of ``GET /v1/stats/stream``: the gateway's figures (all HTTP
+    workers) since the event before; the first event of a stream covers the moment it opened."""
+
+    at: Time
+    seconds: float  # the time since the event before, which the counts cover
+    accepted: Count  # orders accepted in that time
+    accepted_per_s: float
+    refused: dict[str, int]  # order refusals by problem code, only codes seen in that time
+    refused_per_s: dict[str, float]
+    p50_ms: float | None  # POST /v1/orders latency in that time; null without requests
+    p99_ms: float | None
+    in_flight: Count  # orders queued or being reserved, summed over the workers
+    writer_lag: int | None  # entries no writer has read yet; null while Redis is down
+    writer_pending: int | None  # entries a writer has read and not yet committed
+    stream_length: int | None  # entries not yet written to PostgreSQL
+    hot: list[HotSku]  # the best sellers of the forecast window; empty while a store is down
+    unavailable: list[Literal["postgres", "redis"]] | UnsetType = UNSET  # the stores that failed this tick
+
+
+class StockEvent(Out):
+    """The data of a ``stock`` event of ``GET /v1/stats/stream``; its SSE id is ``id``."""
+
+    id: int  # the feed id (GET /v1/events)
+    type: Literal["inventory.low_stock", "inventory.sold_out"]
+    sku: str
+    available: int
+    at: Time
+
+
+# The data of each event a text/event-stream route sends: no route answers them as a body, so the
+# document lists them in its components (gateway/web/openapi.py) for the route's description to name.
+STREAMED = [LiveStats, StockEvent]
+
+
+class StreamQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/stats/stream``: seconds between stats events."""
+
+    interval: Annotated[float, Meta(ge=0.2, le=10)] = 1.0
+
+
 class Health(Out):
     status: Literal["ok"]
     worker: int  # the process id of the worker that answered

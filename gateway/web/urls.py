@@ -28,7 +28,7 @@ from gateway.models import (
     WebhookIn,
 )
 from gateway.sales import SaleIn
-from gateway.web import access, docs, events, handlers, monitoring, reconciliation, webhooks
+from gateway.web import access, docs, events, handlers, live, monitoring, reconciliation, webhooks
 from gateway.web import appkeys as K
 from gateway.web import schemas as S
 from gateway.web.edge import Handler, edge, no_route
@@ -126,6 +126,19 @@ ROUTES: list[Route] = [
           "operations", OPS, ok={200: S.Reconciliation}, codes=("forbidden",)),
     Route("POST", "/v1/reconciliation/repair", reconciliation.post_repair, "Rewrite drifted Redis stock",
           "operations", ("admin",), ok={200: S.RepairOut}, codes=("forbidden", "not_ready")),
+    Route("GET", "/v1/stats/stream", live.stats_stream, "Live figures and stock alerts (server-sent events)",
+          "operations", OPS, query=S.StreamQuery, media=("text/event-stream",),
+          codes=("forbidden", "unknown_parameter", "invalid_interval", "invalid_last_event_id"),
+          description="A stream of server-sent events until the client leaves. `event: stats` at once and every "
+                      "`interval` seconds, data `#/components/schemas/LiveStats`: `{at, seconds, accepted, accepted_per_s, refused: "
+                      "{code: n}, refused_per_s, p50_ms, p99_ms, in_flight, writer_lag, writer_pending, "
+                      "stream_length, hot: [{sku, available, sales_per_minute, sell_out_eta}], unavailable?}`, "
+                      "the gateway's figures over all HTTP workers since the event before (`unavailable` names "
+                      "a store that is down: the stream goes on). `event: stock` for each `inventory.low_stock` "
+                      "or `inventory.sold_out` the feed commits after the stream opened, data `#/components/schemas/StockEvent`: "
+                      "`{id, type, sku, available, at}`, SSE id the feed id: a client sending it back as "
+                      "`Last-Event-ID` resumes after it. 503 when PostgreSQL is down and no `Last-Event-ID` "
+                      "says where to start."),
     Route("GET", "/healthz", handlers.healthz, "Liveness", "operations", ok={200: S.Health}),
     Route("GET", "/readyz", handlers.readyz, "Readiness: Redis, PostgreSQL, scripts", "operations",
           ok={200: S.Readiness, 503: S.Readiness}),
