@@ -47,25 +47,32 @@ class Streams:
     def __init__(self) -> None:
         self.closing = asyncio.Event()
         self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[None]:
         self.count += 1
-        self._idle.clear()
         try:
             yield
         finally:
             self.count -= 1
-            if not self.count:
-                self._idle.set()
+            for most, waiter in self._waiters:
+                if self.count <= most and not waiter.done():
+                    waiter.set_result(None)
 
     def close(self) -> None:
         self.closing.set()
 
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
+    async def wait_closed(self, remaining: int = 0) -> None:
+        """Until at most ``remaining`` streams are open."""
+        if self.count <= remaining:
+            return
+        entry = (remaining, asyncio.get_running_loop().create_future())
+        self._waiters.append(entry)
+        try:
+            await entry[1]
+        finally:
+            self._waiters.remove(entry)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -83,6 +83,7 @@ class Events:
 @contextlib.asynccontextmanager
 async def stream(gw, query: str = "interval=0.2", headers: dict[str, str] | None = None) -> AsyncIterator[Events]:
     """An open stream; leaving closes the connection and waits until the server's handler is done."""
+    others = gw.app[K.LIVE].count
     resp = await gw.client.get(f"/v1/stats/stream?{query}", headers=headers or OPS)
     assert resp.status == 200, await resp.text()
     assert resp.content_type == "text/event-stream" and resp.headers["Cache-Control"] == "no-cache"
@@ -90,7 +91,7 @@ async def stream(gw, query: str = "interval=0.2", headers: dict[str, str] | None
         yield Events(resp)
     finally:
         resp.close()
-        await asyncio.wait_for(gw.app[K.LIVE].wait_idle(), 10)
+        await asyncio.wait_for(gw.app[K.LIVE].wait_closed(others), 10)
 
 
 async def until_counted(events: Events, accepted: int, refused: dict[str, int], timeout: float = 30) -> list[Any]:
@@ -241,7 +242,7 @@ async def test_without_handler_cancellation_the_next_write_ends_a_stream_whose_c
             async with http.get(f"http://{host}:{port}/v1/stats/stream?interval=0.2", headers=OPS) as resp:
                 await Events(resp).stats()
                 assert app[K.LIVE].count == 1
-        await asyncio.wait_for(app[K.LIVE].wait_idle(), 10)
+        await asyncio.wait_for(app[K.LIVE].wait_closed(), 10)
     finally:
         await runner.cleanup()
 
