@@ -28,6 +28,7 @@ from gateway.models import (
     OrderIn,
     PaymentIn,
     PlanIn,
+    QuarantineReplayIn,
     SaleId,
     ShipIn,
     ShipTo,
@@ -37,6 +38,7 @@ from gateway.models import (
     WarehouseIn,
     WebhookId,
     WebhookIn,
+    WebhookReplayIn,
 )
 from gateway.sales import SaleIn
 from gateway.web.docs import ASSETS
@@ -321,6 +323,58 @@ class StreamQuery(Struct, forbid_unknown_fields=True):
     interval: Annotated[float, Meta(ge=0.2, le=10)] = 1.0
 
 
+class QuarantineEntry(Out):
+    id: int
+    stream_id: str
+    type: str | None
+    order_id: str | None
+    error: str
+    quarantined_at: Time
+    fields: dict[str, str]  # the raw entry; bytes that are not UTF-8 shown as U+FFFD
+
+
+class QuarantineList(Out):
+    entries: list[QuarantineEntry]  # open entries, oldest first, the first 1000
+    count: Count  # every open entry
+
+
+class QuarantineReplayed(Out):
+    id: int
+    stream_id: str
+
+
+class QuarantineRefused(Out):
+    id: int
+    stream_id: str
+    error: str  # why PostgreSQL refused it again; the entry stays open
+
+
+class QuarantineReplay(Out):
+    replayed: list[QuarantineReplayed]
+    refused: list[QuarantineRefused]
+
+
+class Attempt(Out):
+    event_id: int
+    attempt: int  # 1 for the first try of this event
+    status: int | None  # the receiver's HTTP status; null when none came
+    error: str | None  # why none came: refused, timeout, ...
+    at: Time
+    duration_ms: int
+
+
+class AttemptList(Out):
+    attempts: list[Attempt]  # newest first
+    failing: bool  # the newest attempt got no 2xx
+    last_event_id: int  # the cursor: delivered (or passed over) through this feed id
+
+
+class AttemptQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/webhooks/{webhook_id}/attempts``: how many of the newest attempts."""
+
+    limit: Annotated[int, Meta(ge=1, le=200)] = 50
+
+
 class Health(Out):
     status: Literal["ok"]
     worker: int  # the process id of the worker that answered
@@ -400,4 +454,6 @@ EXAMPLES: dict[type, Any] = {
     PlanIn: {"items": [{"sku": "SKU-1", "qty": 3}], "ship_to": {"region": "east"}, "strategy": "region"},
     WebhookIn: {"url": "https://erp.example.com/hooks/oms", "events": ["order.paid", "order.cancelled"],
                 "secret": "whsec-0123456789abcdef"},
+    WebhookReplayIn: {"from_event_id": 1042},
+    QuarantineReplayIn: {"ids": [7, 8]},
 }
