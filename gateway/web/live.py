@@ -69,7 +69,7 @@ async def stats_stream(request: web.Request) -> web.StreamResponse:
                 async with contextlib.aclosing(live.events(interval, streams.closing)) as events:
                     async for event, event_id, data in events:
                         await resp.send(data, id=event_id, event=event)
-            except ConnectionResetError:  # the client went between two events
+            except (ConnectionResetError, TimeoutError):  # the client went, or stopped reading (send_timeout)
                 pass
             except Exception:  # the headers are out: a problem body can no longer be sent
                 log.exception("live stream ended by an error")
