@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -281,3 +282,18 @@ async def test_the_figures_are_global_across_serves_http_workers(serve):  # noqa
             await until_counted(events, 30, {"insufficient_stock": 20})
             quiet = await events.stats()
             assert (quiet.accepted, quiet.refused) == (0, {})
+
+
+@pytest.mark.slow
+async def test_serve_stops_promptly_and_cleanly_with_a_stream_open(serve, tmp_path):  # noqa: F811
+    proc, base = serve
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/v1/stats/stream?interval=10", headers=ADMIN) as resp:
+            await Events(resp).stats()
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(resp.content.read(), 20) == b""  # the stream's end, not a reset
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+    assert time.monotonic() - began < 8  # not the 10 s interval, nor run_app's 10 s shutdown timeout
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log and "live stream ended by an error" not in log
