@@ -10,6 +10,8 @@ delays nothing but its own deliveries.
 With several gateway processes, a webhook is delivered by the one process that holds its
 session advisory lock ``(LOCK_CLASS, lock_key)`` on that sender's dedicated connection;
 the locks go with the connection, so a dead process frees its webhooks for the others.
+An admin's replay (``rewind``) sets the cursor from outside that lock; the sender moves the
+cursor only from the value it left there, so it finds a replay instead of overwriting it.
 """
 
 from __future__ import annotations
