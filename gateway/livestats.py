@@ -36,6 +36,7 @@ ORDER_ROUTE = {"route": "/v1/orders", "method": "POST"}  # the latency the board
 NOT_REFUSED = frozenset({"accepted", "replayed"})
 STOCK_TYPES = ["inventory.low_stock", "inventory.sold_out"]
 HOT_SKUS = 10
+HOT_EVERY = 5.0  # seconds between readings of the best sellers: an aggregate over the forecast window
 FEED_PAGE = 1000  # stock alerts sent per tick at most; the rest follow on the next
 T = TypeVar("T")
 
@@ -160,6 +161,8 @@ class Live:
         self.redis, self.pool, self.window, self.publish = redis, pool, window, publish
         self.after = after
         self.previous: Totals | None = None
+        self._selling: list[stockwatch.Hot] = []
+        self._selling_at = -math.inf
 
     async def start(self) -> None:
         """Read where the feed ends; a PostgreSQL fault propagates (the stream cannot start without it)."""
@@ -184,7 +187,7 @@ class Live:
         figures = difference(self.previous, now)
         self.previous = now
         stream = await self._unless("redis", down, lambda: stream_state(self.redis), None)
-        selling = await self._unless("postgres", down, lambda: stockwatch.hot(self.pool, self.window, HOT_SKUS), [])
+        selling = await self._best_sellers(down)
         views = await self._unless("redis", down, lambda: stock_views(self.redis, [h.sku for h in selling]),
                                    []) if selling else []
         return {
@@ -195,6 +198,17 @@ class Live:
             "hot": [_hot(h, v["available"]) for h, v in zip(selling, views, strict=False)],
             **({"unavailable": sorted(down)} if down else {}),
         }
+
+    async def _best_sellers(self, down: set[str]) -> list[stockwatch.Hot]:
+        """The window's best sellers, read again every ``HOT_EVERY`` seconds: under a sale the
+        aggregate costs PostgreSQL far more than a tick, and the ranking moves slowly (each
+        tick still reads their stock from Redis). Empty while PostgreSQL is down."""
+        if "postgres" not in down and time.monotonic() - self._selling_at >= HOT_EVERY:
+            selling = await self._unless("postgres", down, lambda: stockwatch.hot(self.pool, self.window, HOT_SKUS),
+                                         None)
+            if selling is not None:
+                self._selling, self._selling_at = selling, time.monotonic()
+        return [] if "postgres" in down else self._selling
 
     @staticmethod
     async def _unless(store: str, down: set[str], call: Callable[[], Awaitable[T]], fallback: T) -> T:

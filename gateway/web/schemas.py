@@ -298,7 +298,7 @@ class LiveStats(Out):
     writer_lag: int | None  # entries no writer has read yet; null while Redis is down
     writer_pending: int | None  # entries a writer has read and not yet committed
     stream_length: int | None  # entries not yet written to PostgreSQL
-    hot: list[HotSku]  # the best sellers of the forecast window; empty while a store is down
+    hot: list[HotSku]  # the forecast window's best sellers (ranked every 5 s); empty while a store is down
     unavailable: list[Literal["postgres", "redis"]] | UnsetType = UNSET  # the stores that failed this tick
 
 
