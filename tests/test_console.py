@@ -109,3 +109,9 @@ async def test_whoami_refuses_missing_or_forged_credentials(gw, headers):
     assert resp.status == 401
     assert resp.content_type == "application/problem+json"
     assert resp.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_client_side_routes_with_any_characters_answer_the_page(make_gateway, build):
+    gw = await make_gateway(console_dir=build)
+    resp = await gw.client.get("/console/%29%1D%3E%0A%0FR%F3%84%98%BET")  # a newline and control characters
+    assert resp.status == 200 and resp.content_type == "text/html"

@@ -136,7 +136,7 @@ ROUTES: list[Route] = [
     Route("GET", "/console/assets/{console_asset}", console.asset, "The console's built files", "console",
           media=tuple(sorted(set(console.ASSET_TYPES.values()))), codes=("not_found",),
           description="Content-hashed names, cached for a year (immutable)."),
-    Route("GET", "/console/{console_page:.*}", console.page, "A client-side route of the console", "console",
+    Route("GET", r"/console/{console_page:[\s\S]*}", console.page, "A client-side route of the console", "console",
           media=("text/html",), codes=("not_found",),
           description="The console's page, which routes itself; 404 under `assets/`."),
     Route("GET", "/healthz", handlers.healthz, "Liveness", "operations", ok={200: S.Health}),
