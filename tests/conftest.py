@@ -1,7 +1,10 @@
 """Real servers, started once per run; fresh state per test.
 
 ``OMS_TEST_REDIS_URL`` / ``OMS_TEST_DATABASE_URL`` point the suite at servers of your
-own; otherwise it starts embedded Valkey and PostgreSQL in a temporary directory.
+own; otherwise it starts embedded Valkey and PostgreSQL in a temporary directory. Under
+pytest-xdist (``make test`` runs two processes) each process starts its own pair, in its own
+temporary directory, and a test file stays in one process (``--dist loadfile``). Servers of
+your own are shared by the processes: run those with ``TEST_WORKERS=0``.
 A test fails when the event loop reported an error nobody handled while it ran (a task
 that died unobserved, an exception in a callback), as asyncpg's test base does.
 """
