@@ -10,6 +10,7 @@ there, which rebuilds only when the sources are newer). Screenshots go to each t
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -57,9 +58,12 @@ KEYS = {"admin": "k-admin", "ops": "k-ops", "payments": "k-pay", "storefront": "
 
 @pytest.fixture(scope="module")
 def console_build() -> Path:
-    """The built console: ``make console`` when npm is there (a no-op when the build is fresh)."""
+    """The built console: ``make console`` when npm is there (a no-op when the build is fresh). Under a lock
+    on package.json: xdist workers would otherwise build into the same dist/ at once."""
     if shutil.which("npm"):
-        subprocess.run(["make", "--no-print-directory", "-s", "console"], cwd=ROOT, check=True, timeout=600)
+        with (ROOT / "console" / "package.json").open() as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            subprocess.run(["make", "--no-print-directory", "-s", "console"], cwd=ROOT, check=True, timeout=600)
     if not (DEFAULT_DIR / "index.html").is_file():
         pytest.skip("the console is not built and npm is missing (make console needs Node 20 and npm)")
     return DEFAULT_DIR
