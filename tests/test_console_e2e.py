@@ -331,3 +331,34 @@ async def test_ops_creates_a_sale_and_sees_it_listed_with_live_figures(page, gw,
     await page.get_by_test_id("sale-form-ends").fill("2025-01-01T00:00")
     await page.get_by_test_id("sale-form-save").click()
     await expect(page.get_by_test_id("sale-form-error")).to_have_text("The sale must end after it starts.")
+
+
+@needs("/v1/orders/{order_id}/events")
+async def test_finance_pays_and_ships_an_order_and_the_page_shows_payment_shipment_and_timeline(page, gw, tmp_path):
+    await gw.set_stock("SKU-1", {"W1": 10})
+    body = order_body("web-e2e-pay", "u-1", [{"sku": "SKU-1", "qty": 2, "unit_price": 1250}], currency="EUR")
+    assert (await gw.post("/v1/orders", body)).status == 201
+    await sign_in(page, "k-pay")
+    await page.get_by_test_id("lookup-order-id").fill("web-e2e-pay")
+    await page.get_by_test_id("lookup-open").click()
+    await expect(page.get_by_test_id("order-total")).to_have_text("€25.00")
+    await page.get_by_test_id("action-pay").click()
+    dialog = page.get_by_test_id("confirm-dialog")
+    await expect(dialog.get_by_test_id("field-amount")).to_have_value("2500")  # the order's total
+    await dialog.get_by_test_id("field-payment-id").fill("psp-778")
+    await dialog.get_by_test_id("confirm-ok").click()
+    await expect(page.get_by_test_id("order-status")).to_have_text("paid")
+    await expect(page.get_by_test_id("order-payment")).to_have_text("psp-778")
+    await page.get_by_test_id("action-ship").click()
+    await dialog.get_by_test_id("field-carrier").fill("DHL")
+    await dialog.get_by_test_id("field-tracking").fill("JD0146")
+    await dialog.get_by_test_id("confirm-ok").click()
+    await expect(page.get_by_test_id("order-status")).to_have_text("shipped")
+    await expect(page.get_by_test_id("order-carrier")).to_have_text("DHL")
+    await expect(page.get_by_test_id("order-tracking")).to_have_text("JD0146")
+    await expect(page.get_by_test_id("action-complete")).to_be_visible()
+    await expect(page.get_by_test_id("action-pay")).to_have_count(0)
+    # the timeline reads PostgreSQL: the page looks again until the writer has stored the new event
+    await expect(page.get_by_test_id("order-events").locator("li")).to_have_count(3)
+    await expect(page.get_by_test_id("event-3")).to_contain_text("shipped")
+    await shot(page, tmp_path, "console-order-shipped")
