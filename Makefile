@@ -9,14 +9,21 @@ LOCUST_HOST ?= http://127.0.0.1:8080
 FUZZ_EXAMPLES ?= 500
 TEST_WORKERS ?= 2  # pytest-xdist processes, each with its own embedded servers; 0 runs the suite in this process
 SOAK_ARGS ?= --seed 1 --faults 20 --orders 100000
+# The console (console/, Vue + Vite): built into console/dist, which the gateway serves at /console.
+NPM := $(shell command -v npm 2>/dev/null)
+CONSOLE_DEPS := console/node_modules/.installed
+CONSOLE_BUILD := console/dist/index.html
+CONSOLE_SOURCES := $(shell find console/src -type f 2>/dev/null) console/index.html console/package.json \
+	console/vite.config.ts console/tsconfig.json
 
-.PHONY: all install run test fuzz soak bench locust clean help
+.PHONY: all install console console-if-npm run test fuzz soak bench locust clean help
 
 all: test
 
 help:
 	@echo "make run    install into .venv and start the gateway (embedded Valkey + PostgreSQL under .data/)"
-	@echo "make test   install into .venv and run the whole suite against real servers"
+	@echo "make test   install into .venv, build the console, and run the whole suite against real servers"
+	@echo "make console  build the ops console into console/dist (npm ci, npm run build; needs Node 20 and npm)"
 	@echo "make fuzz   the API fuzzed against its OpenAPI document, longer and with fresh random cases (FUZZ_EXAMPLES=500 per operation)"
 	@echo "make soak   the seeded fault soak: a flash sale against serve through kills, stops, restarts, network faults and a power cut, then 0 lost / duplicated / oversold (SOAK_ARGS='--seed 1 --faults 20 --orders 100000')"
 	@echo "make bench  ceiling vs naive vs gateway, prints the table, writes bench/results/ (BENCH_ARGS=--quick)"
@@ -34,10 +41,30 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-run: install
+# npm ci when node_modules is missing or older than the lock file; the build when dist is
+# missing or older than any source
+$(CONSOLE_DEPS): console/package-lock.json
+	cd console && npm ci --no-audit --no-fund
+	touch $(CONSOLE_DEPS)
+
+$(CONSOLE_BUILD): $(CONSOLE_DEPS) $(CONSOLE_SOURCES)
+	cd console && npm run build
+
+console: $(CONSOLE_BUILD)
+
+# run and test build the console when npm is there; without it the gateway still runs and
+# /console says how to build, and the browser tests skip
+console-if-npm:
+ifneq ($(NPM),)
+	@$(MAKE) --no-print-directory console
+else
+	@echo "warning: npm not found: the console is not built (/console says how; needs Node 20 and npm)" >&2
+endif
+
+run: install console-if-npm
 	$(PY) -m gateway serve
 
-test: install
+test: install console-if-npm
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 fuzz: install
@@ -53,4 +80,4 @@ locust: install $(BENCH_STAMP)
 	$(VENV)/bin/locust -f bench/locustfile.py --headless -u 200 -r 50 -t 30s --host $(LOCUST_HOST)
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache
+	rm -rf $(VENV) .data .pytest_cache console/dist console/node_modules

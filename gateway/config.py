@@ -60,6 +60,7 @@ class Settings:
     dev_credentials: bool = False
     log_format: str = "text"
     access_log_sample: float = 0.0
+    console_dir: Path | None = None  # the console's build (console/dist beside the package when None)
     max_exports: int = 2
     export_prefetch: int = 500
 
@@ -149,6 +150,7 @@ class Settings:
             dev_credentials=dev,
             log_format=_choice(v, "OMS_LOG_FORMAT", LOG_FORMATS),
             access_log_sample=_fraction(v, "OMS_ACCESS_LOG_SAMPLE", 0.0),
+            console_dir=Path(v["OMS_CONSOLE_DIR"]) if v.get("OMS_CONSOLE_DIR") else None,
             max_exports=_int(v, "OMS_MAX_EXPORTS", 2, 1, 64),
             export_prefetch=_int(v, "OMS_EXPORT_PREFETCH", 500, 1, 100_000),
         )

@@ -39,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from gateway.web.console import DEFAULT_DIR
 from tests.conftest import auth, order_body, user_token
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "45"))  # per operation: over 1,000 cases in all
@@ -50,7 +51,10 @@ REQUEST_LINE = 8000  # aiohttp reads at most 8190 bytes of a request line
 # Objects the seed makes, by path parameter: lookups and transitions hit these as well as random ids.
 EXISTING = {"order_id": ["fz-pending", "fz-paid", "fz-shipped", "fz-cancelled", "fz-user-2"], "sku": [SKU],
             "sale_id": ["fz-sale"], "warehouse_id": ["W1"], "webhook_id": ["fz-hook"],
-            "asset": ["swagger-ui.css", "favicon-16x16.png"]}
+            "asset": ["swagger-ui.css", "favicon-16x16.png"],
+            # the console's build when there is one (its names carry content hashes), and client-side routes
+            "console_asset": sorted(p.name for p in (DEFAULT_DIR / "assets").glob("*"))[:2] or ["index.js"],
+            "console_page": ["orders", "orders/web-1", "assets/index.js"]}
 
 
 @dataclasses.dataclass

@@ -42,7 +42,8 @@ def test_the_document_is_valid_openapi_3_1():
 
 def test_document_and_docs_need_no_credentials_and_every_other_route_names_its_roles():
     doc = orjson.loads(openapi.document())
-    public = {("GET", p) for p in ("/openapi.json", "/docs", "/docs/static/{asset}", "/healthz", "/readyz")}
+    public = {("GET", p) for p in ("/openapi.json", "/docs", "/docs/static/{asset}", "/healthz", "/readyz",
+                                   "/console", "/console/assets/{console_asset}", "/console/{console_page}")}
     for path, item in doc["paths"].items():
         for method, op in item.items():
             if (method.upper(), path) in public:

@@ -35,7 +35,12 @@ COMMON = {  # kind of route -> codes every such route may answer
     "authenticated": ("unauthorized", "invalid_token", "token_expired", "backend_unavailable"),
     "body": ("malformed_json", "client_closed", "payload_too_large", "invalid", "too_deep"),
 }
-_PATH_PARAM = re.compile(r"{(\w+)}")
+_PATH_PARAM = re.compile(r"{(\w+)(?::[^{}]*)?}")  # aiohttp's {name} or {name:regex}
+
+
+def template(path: str) -> str:
+    """The OpenAPI form of an aiohttp path: ``{name:regex}`` becomes ``{name}``."""
+    return _PATH_PARAM.sub(r"{\1}", path)
 
 
 STATUSES = {cls.code: cls.status for cls in vars(errors).values()
@@ -102,7 +107,7 @@ def content(schema: Any, media: Sequence[str], example: Any = None) -> dict[str,
 
 def operation(route: Route, refs: dict[Any, Any], query: dict[type, dict[str, Any]]) -> dict[str, Any]:
     op: dict[str, Any] = {
-        "operationId": f"{route.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', route.path.lower()).strip('_')}",
+        "operationId": f"{route.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', template(route.path).lower()).strip('_')}",
         "summary": route.summary, "tags": [route.tag], "security": security_of(route),
         "x-roles": list(route.roles),
     }
@@ -153,7 +158,7 @@ def build(routes: Sequence[Route], version: str) -> dict[str, Any]:
     query = {t: components.pop(t.__name__) for t in dict.fromkeys(r.query for r in routes) if t is not None}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = operation(route, refs, query)
+        paths.setdefault(template(route.path), {})[route.method.lower()] = operation(route, refs, query)
     doc = {
         "openapi": "3.1.0",
         "info": {"title": "Flash-sale order gateway", "version": version,

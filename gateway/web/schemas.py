@@ -530,6 +530,14 @@ class AttemptQuery(Struct, forbid_unknown_fields=True):
     limit: Annotated[int, Meta(ge=1, le=200)] = 50
 
 
+class Whoami(Out):
+    """``GET /v1/whoami``: who the bearer is, for the console to choose what to show."""
+
+    role: Literal["admin", "ops", "payments", "storefront", "user"]
+    channel: Channel | UnsetType = UNSET  # a storefront key's
+    user_id: UserId | UnsetType = UNSET  # a user token's
+
+
 class Health(Out):
     status: Literal["ok"]
     worker: int  # the process id of the worker that answered
@@ -577,7 +585,10 @@ class EventQuery(Struct, forbid_unknown_fields=True):
 
 # The type of each path parameter, by name: the body field it names.
 PATH_TYPES: dict[str, Any] = {"order_id": OrderId, "sku": Sku, "sale_id": SaleId, "warehouse_id": WarehouseId,
-                              "webhook_id": WebhookId, "asset": Literal[tuple(ASSETS)]}
+                              "webhook_id": WebhookId, "asset": Literal[tuple(ASSETS)],
+                              "console_asset": Annotated[str, Meta(min_length=1, max_length=128,
+                                                                   pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*\Z")],
+                              "console_page": str}  # a client-side route of the console: any path
 
 ORDER_IN = {"order_id": "web-20261111-000042", "user_id": "u-981", "channel": "web", "sale_id": "s11",
             "items": [{"sku": "SKU-1", "qty": 1}], "ship_to": {"region": "east"}}

@@ -32,6 +32,7 @@ from gateway.models import (
 from gateway.sales import SaleIn
 from gateway.web import (
     access,
+    console,
     docs,
     events,
     exports,
@@ -210,6 +211,19 @@ ROUTES: list[Route] = [
           codes=("forbidden", "invalid_webhook_id", "not_found", "invalid_from_event_id"),
           description="Sets the cursor to `from_event_id` - 1 (back, or forward past a receiver's poison "
                       "event); the sender goes on from there, even with an event in flight."),
+    Route("GET", "/v1/whoami", console.whoami, "Who the bearer is", "console",
+          ("user", "storefront", "ops", "payments", "admin"), ok={200: S.Whoami},
+          description="The role of a service key (and a storefront key's channel) or a user token's user id; "
+                      "the console reads it to decide what to show."),
+    Route("GET", "/console", console.index, "The ops console", "console", media=("text/html",),
+          description="The console's page (no-cache); without a build, a page saying how to build it "
+                      "(`make console`). It holds no data: its API calls carry the credentials."),
+    Route("GET", "/console/assets/{console_asset}", console.asset, "The console's built files", "console",
+          media=tuple(sorted(set(console.ASSET_TYPES.values()))), codes=("not_found",),
+          description="Content-hashed names, cached for a year (immutable)."),
+    Route("GET", r"/console/{console_page:[\s\S]*}", console.page, "A client-side route of the console", "console",
+          media=("text/html",), codes=("not_found",),
+          description="The console's page, which routes itself; 404 under `assets/`."),
     Route("GET", "/healthz", handlers.healthz, "Liveness", "operations", ok={200: S.Health}),
     Route("GET", "/readyz", handlers.readyz, "Readiness: Redis, PostgreSQL, scripts", "operations",
           ok={200: S.Readiness, 503: S.Readiness}),
