@@ -113,7 +113,7 @@ end
 
 local seq = tonumber(rec[2]) + 1
 redis.call('HSET', order_key, 's', target, 'n', seq)
-if action == 'pay' then redis.call('HSET', order_key, 'pid', payment_id) end
+if target == 'paid' then redis.call('HSET', order_key, 'pid', payment_id) end  -- not a payment that came too late
 if target == 'cancelled' then redis.call('HSET', order_key, 'cr', reason) end
 -- what the order view shows of the shipment and the refund: the event's data, kept with the record
 if event == 'order.shipped' then redis.call('HSET', order_key, 'sh', data) end
