@@ -229,6 +229,7 @@ describe('LiveStream', () => {
     s.start()
     await vi.waitFor(() => expect(statuses[statuses.length - 1].state).toBe('refused'))
     expect(statuses[statuses.length - 1].reason).toBe('Not for this key (forbidden)')
+    expect(statuses[statuses.length - 1].httpStatus).toBe(403)
     expect(fetch).toHaveBeenCalledTimes(1)
   })
 })

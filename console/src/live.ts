@@ -113,6 +113,7 @@ export interface StreamStatus {
   attempt: number // reconnects since the last good event
   retryIn: number | null // ms until the next try, while reconnecting
   reason: string // why the last connection ended ("" when none did)
+  httpStatus?: number // the gateway's refusal, when it refused
 }
 
 export interface StreamOptions {
@@ -155,8 +156,8 @@ export class LiveStream {
     this.opts.onStatus({ state: 'closed', attempt: 0, retryIn: null, reason: '' })
   }
 
-  private status(state: ConnState, attempt: number, reason = '', retryIn: number | null = null): void {
-    if (!this.stopped) this.opts.onStatus({ state, attempt, retryIn, reason })
+  private status(state: ConnState, attempt: number, reason = '', retryIn: number | null = null, httpStatus?: number): void {
+    if (!this.stopped) this.opts.onStatus({ state, attempt, retryIn, reason, ...(httpStatus ? { httpStatus } : {}) })
   }
 
   private async run(generation: number): Promise<void> {
@@ -173,7 +174,7 @@ export class LiveStream {
         if (!current()) return
         const api = err as Partial<ApiError>
         if (typeof api.status === 'number' && FINAL.has(api.status)) {
-          this.status('refused', attempt, api.plain ?? String(err))
+          this.status('refused', attempt, api.plain ?? String(err), null, api.status)
           this.stopped = true
           return
         }
