@@ -132,12 +132,25 @@ async def test_ops_watches_the_live_board_count_orders_as_they_run(tab, gw, tmp_
     await gw.set_stock("LIVE-1", {"W1": 100})
     await gw.set_stock("LIVE-2", {"W1": 4})
     await sign_in(tab, "k-ops")
-    requests: list[Any] = []
-    tab.on("request", lambda r: requests.append(r))
+    opened: list[Any] = []
+
+    async def first_one_refused(route: Any) -> None:  # a gateway that is briefly overloaded, then fine
+        opened.append(route.request)
+        if len(opened) == 1:
+            await route.fulfill(status=503, content_type="application/problem+json", headers={"Retry-After": "1"},
+                                body='{"code": "overloaded", "detail": "Try again shortly"}')
+        else:
+            await route.continue_()
+
+    await tab.route("**/v1/stats/stream*", first_one_refused)
     await tab.get_by_test_id("nav-live").click()
-    await expect(tab.get_by_test_id("live-connection")).to_have_attribute("data-state", "open")
-    (opened,) = [r for r in requests if "/v1/stats/stream" in r.url]  # fetch, the key in its header only
-    assert "k-ops" not in opened.url and (await opened.all_headers())["authorization"] == "Bearer k-ops"
+    connection = tab.get_by_test_id("live-connection")
+    await expect(connection).to_have_attribute("data-state", "reconnecting")
+    await expect(tab.get_by_test_id("live-reason")).to_contain_text("overloaded")
+    await expect(connection).to_have_attribute("data-state", "open")
+    assert len(opened) == 2
+    for request in opened:  # fetch, the key in its header only
+        assert "k-ops" not in request.url and (await request.all_headers())["authorization"] == "Bearer k-ops"
     await expect(tab.get_by_test_id("live-at")).to_be_visible()  # a first stats event came
     await expect(tab.get_by_test_id("live-accepted-total")).to_have_text("0")
 
@@ -155,7 +168,7 @@ async def test_ops_watches_the_live_board_count_orders_as_they_run(tab, gw, tmp_
     await expect(alerts.get_by_text("sold out")).to_have_count(1)
     await expect(alerts).to_contain_text("LIVE-2")
     await expect(tab.get_by_test_id("hot-LIVE-1").locator('[data-col="available"]')).to_have_text("76")
-    await expect(tab.get_by_test_id("live-connection")).to_have_attribute("data-state", "open")
+    await expect(connection).to_have_attribute("data-state", "open")
     await shot(tab, tmp_path, "console-live")
 
 
