@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gateway import keys
 from gateway.web.urls import ROUTES
 from tests.conftest import auth, order_body
 from tests.test_console_e2e import (  # noqa: F401  (fixtures)
@@ -210,6 +211,30 @@ async def test_admin_sees_a_quarantined_entry_and_replays_it_after_the_fix(tab, 
     await expect(tab.get_by_test_id("quarantine-count")).to_have_text("0 open")
     await expect(tab.get_by_test_id("recon-ok")).to_have_text("ok")
     assert await pg.fetchval("SELECT user_id FROM orders WHERE order_id = 'held-1'") == "victim"
+
+
+async def test_admin_repairs_hand_made_drift_after_confirming(tab, gw, redis):
+    await gw.set_stock("REP-1", {"W1": 10})
+    await gw.caught_up()
+    await redis.hincrby(keys.stock("REP-1"), "W1", 3)  # Redis says 13 available, PostgreSQL 10
+    await sign_in(tab, "k-admin")
+    await tab.get_by_test_id("nav-health").click()
+    await expect(tab.get_by_test_id("recon-ok")).to_have_text("needs attention")
+    drift = tab.get_by_test_id("recon-drift").get_by_test_id("row-REP-1@W1")
+    await expect(drift.locator('[data-col="redis"]')).to_have_text("13 / 0 / 13")
+    await expect(drift.locator('[data-col="postgres"]')).to_have_text("10 / 0 / 10")
+    await tab.get_by_test_id("recon-repair").click()
+    dialog = tab.get_by_test_id("confirm-dialog")
+    await dialog.get_by_test_id("confirm-cancel").click()  # backing out changes nothing
+    await expect(dialog).to_have_count(0)
+    assert (await gw.stock("REP-1"))["available"] == 13
+    await tab.get_by_test_id("recon-repair").click()
+    await dialog.get_by_test_id("confirm-ok").click()
+    await expect(tab.get_by_test_id("health-notice")).to_have_text("Repaired 1, refused 0.")
+    await expect(tab.get_by_test_id("repair-result")).to_contain_text("13 / 0 / 13 → 10 / 0 / 10")
+    await expect(tab.get_by_test_id("recon-ok")).to_have_text("ok")
+    await expect(tab.get_by_test_id("recon-repair")).to_be_disabled()  # nothing left to repair
+    assert (await gw.stock("REP-1"))["available"] == 10
 
 
 async def test_admin_sees_a_failing_webhooks_attempts_and_replays_past_the_event(tab, gw, tmp_path):
