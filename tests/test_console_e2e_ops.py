@@ -1,6 +1,7 @@
 """The console's Finance, Live board and Health screens in headless Chromium against a real gateway:
-the board's figures move while orders run, a payments CSV saved by the browser matches what was
-paid, finance sees totals per currency, and admin replays a quarantined entry after the fix.
+the board's figures move while orders run and it reconnects after a refusal, a payments CSV saved
+by the browser matches what was paid, finance sees totals per currency, and admin repairs drift,
+replays a quarantined entry after the fix and moves a failing webhook past its event.
 
 The browser, the page and the sign-in are tests/test_console_e2e.py's (imported, so both files
 share one way of driving Chromium); ``shot`` copies console-finance/-live/-health into
