@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LOCUST_HOST ?= http://127.0.0.1:8080
 FUZZ_EXAMPLES ?= 500
+TEST_WORKERS ?= 2  # pytest-xdist processes, each with its own embedded servers; 0 runs the suite in this process
 SOAK_ARGS ?= --seed 1 --faults 20 --orders 100000
 # The console (console/, Vue + Vite): built into console/dist, which the gateway serves at /console.
 NPM := $(shell command -v npm 2>/dev/null)
@@ -64,7 +65,7 @@ run: install console-if-npm
 	$(PY) -m gateway serve
 
 test: install console-if-npm
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 fuzz: install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py $(PYTEST_ARGS)

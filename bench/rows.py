@@ -71,25 +71,27 @@ class Visibility:
                 "max_ms": delays[-1] * 1000 if delays else float("nan")}
 
 
-async def watch_drain(conn: asyncpg.Connection, first: str, last: str, target: int,
+async def watch_drain(conn: asyncpg.Connection, first: str, last: str, target: int, start_rows: int,
                       interval: float = 0.01) -> dict[str, Any]:
     """The writer's drain rate over a backlog between two marker orders, ``first`` and ``last``.
 
-    Polls by primary key (cheap, unlike count(*)). When ``first`` appears, one count(*) fixes
-    the rows already written; when ``last`` appears, another says whether all ``target`` rows
-    are in (the writer went in stream order); if not, count(*) is polled until they are.
+    ``start_rows`` is the count before the writer started: the rate counts every backlog row,
+    even when a loaded machine polls so late that ``first`` and the whole backlog land in one
+    commit. The clock starts when ``first``
+    appears (its batch's own time is not counted), by primary key (cheap, unlike count(*));
+    when ``last`` appears, a count(*) says whether all ``target`` rows are in (the writer went
+    in stream order); if not, count(*) is polled until they are.
     """
     seen = "SELECT 1 FROM orders WHERE order_id = $1"
     while not await conn.fetchval(seen, first):
         await asyncio.sleep(interval)
     start = time.perf_counter()
-    start_rows = await conn.fetchval("SELECT count(*) FROM orders")
     while not await conn.fetchval(seen, last):
         await asyncio.sleep(interval)
     in_order = await conn.fetchval("SELECT count(*) FROM orders") >= target
     if not in_order:
         await wait_rows(conn, target)
-    elapsed = time.perf_counter() - start
+    elapsed = max(time.perf_counter() - start, interval)  # one poll at least: never a division by zero
     rows = target - start_rows
     return {"rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed, "in_stream_order": in_order}
 

@@ -350,7 +350,8 @@ async def writer_capacity(servers: Servers, ledger: Ledger, opts: Options, workd
         target = await gw.owed(ledger)
     conn = await asyncpg.connect(servers.database_url)
     try:
-        watch = asyncio.create_task(watch_drain(conn, first, last, target))
+        before = await conn.fetchval("SELECT count(*) FROM orders")  # the writer is off: nothing moves
+        watch = asyncio.create_task(watch_drain(conn, first, last, target, before))
         async with gateway(servers, workdir, "gateway-drain"):
             drain = await asyncio.wait_for(watch, timeout=300)
     finally:

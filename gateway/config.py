@@ -18,7 +18,7 @@ DEV_JWT_SECRET = "dev-secret"
 MIN_JWT_SECRET = 32  # bytes; RFC 7518 3.2 wants an HS256 key of at least 256 bits
 ROLES = ("admin", "ops", "payments", "storefront")
 CHANNELS = ("web", "app", "store", "api", "marketplace")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
 LOG_FORMATS = ("text", "json")
 
 
@@ -61,6 +61,8 @@ class Settings:
     log_format: str = "text"
     access_log_sample: float = 0.0
     console_dir: Path | None = None  # the console's build (console/dist beside the package when None)
+    max_exports: int = 2
+    export_prefetch: int = 500
 
     def __repr__(self) -> str:
         fields = dataclasses.asdict(self)
@@ -149,6 +151,8 @@ class Settings:
             log_format=_choice(v, "OMS_LOG_FORMAT", LOG_FORMATS),
             access_log_sample=_fraction(v, "OMS_ACCESS_LOG_SAMPLE", 0.0),
             console_dir=Path(v["OMS_CONSOLE_DIR"]) if v.get("OMS_CONSOLE_DIR") else None,
+            max_exports=_int(v, "OMS_MAX_EXPORTS", 2, 1, 64),
+            export_prefetch=_int(v, "OMS_EXPORT_PREFETCH", 500, 1, 100_000),
         )
 
 

@@ -7,7 +7,7 @@ GatewayError
  ├── Conflict (409): IdempotencyMismatch, InsufficientStock, BelowReserved, IllegalTransition,
  │     ReservationExpired, AmountMismatch, PaymentConflict, SaleNotActive, LimitExceeded,
  │     PriceMismatch
- └── Unavailable (503, Retry-After): Overloaded, BackendDown, BacklogFull, NotReady
+ └── Unavailable (503, Retry-After): Overloaded, BackendDown, BacklogFull, NotReady, ExportsBusy
 """
 
 from __future__ import annotations
@@ -150,4 +150,9 @@ class BacklogFull(Unavailable):
 
 class NotReady(Unavailable):
     code, title = "not_ready", "Redis is being rebuilt from PostgreSQL, retry shortly"
+    retry_after = 5
+
+
+class ExportsBusy(Unavailable):
+    code, title = "exports_busy", "As many CSV exports as OMS_MAX_EXPORTS are running; retry shortly"
     retry_after = 5

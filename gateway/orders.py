@@ -28,7 +28,7 @@ from gateway.models import decode_order, encode, render_order
 from gateway.scripts import Scripts
 from gateway.wire import Transition
 
-RECORD_FIELDS = ("p", "a", "c", "u", "s")
+RECORD_FIELDS = ("p", "a", "c", "u", "s", "pid", "cr", "sh", "rf")  # see lua/transition.lua
 TRANSITIONS = metrics.tally(metrics.TRANSITIONS)  # by the status reached
 
 
@@ -47,13 +47,31 @@ ORDER_SELECT = """
            coalesce((SELECT string_agg(g, ';' ORDER BY line_no) FROM (
                SELECT i.line_no, string_agg(a.warehouse || '=' || a.qty, ',' ORDER BY a.warehouse) AS g
                FROM order_items i JOIN allocations a ON a.order_id = i.order_id AND a.sku = i.sku
-               WHERE i.order_id = o.order_id GROUP BY i.line_no) lines), '') AS alloc
+               WHERE i.order_id = o.order_id GROUP BY i.line_no) lines), '') AS alloc,
+           (SELECT e.data::text FROM order_events e WHERE e.order_id = o.order_id AND e.type = 'order.shipped'
+            ORDER BY e.seq DESC LIMIT 1) AS shipment,
+           (SELECT e.data::text FROM order_events e WHERE e.order_id = o.order_id AND e.type = 'order.refunding'
+            ORDER BY e.seq DESC LIMIT 1) AS refund
     FROM orders o"""
 
 
+def detailed(view: dict[str, Any], payload: dict[str, Any], payment_id: str | None, cancel_reason: str | None,
+             shipment: str | None, refund: str | None) -> dict[str, Any]:
+    """The order view with what happened to it since: the answer of every read and transition.
+
+    ``shipment`` and ``refund`` are the data of the ship and refund events as JSON text, or
+    None while the order has had none. The submit answer goes without (the hot path).
+    """
+    view.update(total=total(payload), payment_id=payment_id, cancel_reason=cancel_reason,
+                shipment=None if shipment is None else orjson.loads(shipment),
+                refund=None if refund is None else orjson.loads(refund))
+    return view
+
+
 def row_view(row: asyncpg.Record) -> dict[str, Any]:
-    return render_order(orjson.loads(row["payload"]), row["alloc"], row["created_ms"], row["until_ms"],
-                        row["status"])
+    payload = orjson.loads(row["payload"])
+    view = render_order(payload, row["alloc"], row["created_ms"], row["until_ms"], row["status"])
+    return detailed(view, payload, row["payment_id"], row["cancel_reason"], row["shipment"], row["refund"])
 
 
 async def pg_record(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
@@ -71,6 +89,10 @@ def record_of(row: asyncpg.Record) -> dict[str, str]:
         record["pid"] = row["payment_id"]
     if row["cancel_reason"]:
         record["cr"] = row["cancel_reason"]
+    if row["shipment"] is not None:
+        record["sh"] = row["shipment"]
+    if row["refund"] is not None:
+        record["rf"] = row["refund"]
     return record
 
 
@@ -78,13 +100,28 @@ async def load_order(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str) -
     """The order as it is now: Redis while it holds the record, else PostgreSQL."""
     raw = await redis.hmget(keys.order(order_id), *RECORD_FIELDS)
     if raw[0] is not None:
-        p, a, c, u, s = (v.decode() for v in raw)
+        record = {f: v.decode() for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
     else:
-        record = await pg_record(pool, order_id)
-        if record is None:
+        found = await pg_record(pool, order_id)
+        if found is None:
             return None
-        p, a, c, u, s = (record[f] for f in RECORD_FIELDS)
-    return render_order(orjson.loads(p), a, int(c), int(u), s)
+        record = found
+    payload = orjson.loads(record["p"])
+    view = render_order(payload, record["a"], int(record["c"]), int(record["u"]), record["s"])
+    return detailed(view, payload, record.get("pid"), record.get("cr"), record.get("sh"), record.get("rf"))
+
+
+async def owner(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str) -> tuple[str, str] | None:
+    """(user_id, channel) of the order, or None when there is none: PostgreSQL first, then the live
+    record of an order the writer has not written yet."""
+    row = await pool.fetchrow("SELECT user_id, channel FROM orders WHERE order_id = $1", order_id)
+    if row is not None:
+        return row["user_id"], row["channel"]
+    raw = await redis.hget(keys.order(order_id), "p")
+    if raw is None:
+        return None
+    payload = orjson.loads(raw)
+    return payload["user_id"], payload["channel"]
 
 
 async def change(

@@ -82,21 +82,35 @@ async def put_sale(pool: asyncpg.Pool, redis: aioredis.Redis, sale_id: str, sale
 
 async def sale_view(redis: aioredis.Redis, sale_id: str) -> dict[str, Any] | None:
     """The sale as defined, with live ``sold`` units and ``remaining`` availability of its SKUs."""
-    raw = await redis.hmget(keys.sale(sale_id), "def", "sold")
-    if raw[0] is None:
-        return None
-    sale = msgspec.json.decode(raw[0], type=SaleIn)
+    (view,) = await sale_views(redis, [sale_id])
+    return view
+
+
+async def sale_views(redis: aioredis.Redis, sale_ids: list[str]) -> list[dict[str, Any] | None]:
+    """``sale_view`` of each sale (None for one Redis does not hold), in two round trips for all."""
+    pipe = redis.pipeline(transaction=False)
+    for sale_id in sale_ids:
+        pipe.hmget(keys.sale(sale_id), "def", "sold")
+    raws = await pipe.execute()
+    sales = [None if raw[0] is None else msgspec.json.decode(raw[0], type=SaleIn) for raw in raws]
+    skus = sorted({sku for sale in sales if sale is not None for sku in sale.skus})
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(keys.warehouses())
-    for sku in sale.skus:
+    for sku in skus:
         pipe.hgetall(keys.stock(sku))
     table, *stocks = await pipe.execute()
-    active = active_ids(table)  # what the sale can still sell: inactive warehouses sell nothing
-    remaining = sum(sellable(stock, active) for stock in stocks)
-    view = orjson.loads(raw[0])
-    view.update(sale_id=sale_id, starts_at=iso_ms(_ms(sale.starts_at)), ends_at=iso_ms(_ms(sale.ends_at)),
-                sold=int(raw[1] or 0), remaining=remaining)
-    return view
+    active = active_ids(table)  # what a sale can still sell: inactive warehouses sell nothing
+    left = {sku: sellable(stock, active) for sku, stock in zip(skus, stocks, strict=True)}
+    views: list[dict[str, Any] | None] = []
+    for sale_id, raw, sale in zip(sale_ids, raws, sales, strict=True):
+        if sale is None:
+            views.append(None)
+            continue
+        view = orjson.loads(raw[0])
+        view.update(sale_id=sale_id, starts_at=iso_ms(_ms(sale.starts_at)), ends_at=iso_ms(_ms(sale.ends_at)),
+                    sold=int(raw[1] or 0), remaining=sum(left[sku] for sku in sale.skus))
+        views.append(view)
+    return views
 
 
 class SaleCache:

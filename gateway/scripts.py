@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError, RedisError
 from gateway import metrics
 from gateway.errors import BackendDown
 from gateway.faults import unavailable
+from gateway.redisconn import route
 
 NAMES = ("reserve", "stock", "transition", "repair")
 PRELUDES = {"reserve": ("bucket",), "transition": ("bucket",)}  # Lua files put before a script
@@ -74,9 +75,11 @@ class Scripts:
     async def _send(self, name: str, calls: list[tuple[list[str], list[Any]]], wait_aof: bool) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(self.shas[name], len(keys), *keys, *args)
-        if wait_aof:
-            pipe.execute_command("WAITAOF", 1, 0, 1000)
+            # execute_command, not evalsha: redis-py refuses pipe.evalsha in cluster mode, while the
+            # command itself is routed by its keys' slot like any other
+            pipe.execute_command("EVALSHA", self.shas[name], len(keys), *keys, *args)
+        if wait_aof:  # on the connection that sent the calls: WAITAOF covers that connection's writes
+            pipe.execute_command("WAITAOF", 1, 0, 1000, **route(self.redis, calls[-1][0][0]))
         started = time.perf_counter()
         replies = await self._redis_call(pipe.execute(raise_on_error=False))
         self._timings[name].observe(time.perf_counter() - started)

@@ -24,7 +24,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway import keys
+from gateway import keys, redisconn
 from gateway.models import OrderIn
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class SoldOut:
 
     async def _watch(self) -> None:
         # A client of its own: the shared one times reads out, and a subscription waits.
-        client = aioredis.from_url(self.redis_url, socket_connect_timeout=5, health_check_interval=15)
+        client = redisconn.connect(self.redis_url, socket_connect_timeout=5, health_check_interval=15)
         try:
             while True:
                 try:

@@ -11,7 +11,7 @@
 -- ARGV[5]  event data (JSON)      ARGV[6]  payment id ("" unless pay)
 -- ARGV[7]  "1" when the order belongs to a sale     ARGV[8]  seconds the order record lives
 -- ARGV[9]  cancel reason (recorded when the order ends up cancelled)
--- ARGV[10] "" or the order's record from PostgreSQL as JSON of strings {p, a, c, u, s, n, pid?, cr?},
+-- ARGV[10] "" or the order's record from PostgreSQL as JSON of strings {p, a, c, u, s, n, pid?, cr?, sh?, rf?},
 --          restored when Redis no longer holds it (its record outlived OMS_IDEMPOTENCY_TTL)
 -- ARGV[11] the restock channel: a release publishes each SKU there, so every process forgets
 --          that it was sold out (gateway/soldout.py)
@@ -40,7 +40,7 @@ local fields = {'s', 'n', 'a', 'u', 'pid', 'cr'}
 local rec = redis.call('HMGET', order_key, unpack(fields))
 if not rec[1] and ARGV[10] ~= '' then
   local h = cjson.decode(ARGV[10])
-  for _, f in ipairs({'p', 'a', 'c', 'u', 's', 'n', 'pid', 'cr'}) do
+  for _, f in ipairs({'p', 'a', 'c', 'u', 's', 'n', 'pid', 'cr', 'sh', 'rf'}) do
     if type(h[f]) == 'string' then redis.call('HSET', order_key, f, h[f]) end
   end
   if h.s == 'pending_payment' then redis.call('ZADD', expiry_key, h.u, order_id) end
@@ -115,6 +115,9 @@ local seq = tonumber(rec[2]) + 1
 redis.call('HSET', order_key, 's', target, 'n', seq)
 if action == 'pay' then redis.call('HSET', order_key, 'pid', payment_id) end
 if target == 'cancelled' then redis.call('HSET', order_key, 'cr', reason) end
+-- what the order view shows of the shipment and the refund: the event's data, kept with the record
+if event == 'order.shipped' then redis.call('HSET', order_key, 'sh', data) end
+if event == 'order.refunding' then redis.call('HSET', order_key, 'rf', data) end
 redis.call('EXPIRE', order_key, record_ttl)
 if status == 'pending_payment' then redis.call('ZREM', expiry_key, order_id) end
 redis.call('XADD', events_key, '*', 't', event, 'o', order_id, 'n', seq, 's', target,

@@ -1,7 +1,10 @@
 """Real servers, started once per run; fresh state per test.
 
 ``OMS_TEST_REDIS_URL`` / ``OMS_TEST_DATABASE_URL`` point the suite at servers of your
-own; otherwise it starts embedded Valkey and PostgreSQL in a temporary directory.
+own; otherwise it starts embedded Valkey and PostgreSQL in a temporary directory. Under
+pytest-xdist (``make test`` runs two processes) each process starts its own pair, in its own
+temporary directory, and a test file stays in one process (``--dist loadfile``). Servers of
+your own are shared by the processes: run those with ``TEST_WORKERS=0``.
 A test fails when the event loop reported an error nobody handled while it ran (a task
 that died unobserved, an exception in a callback), as asyncpg's test base does.
 """
@@ -27,9 +30,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import db
+from gateway import db, redisconn
 from gateway.config import Settings
-from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
+from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey, EmbeddedValkeyCluster
 from gateway.web import appkeys as K
 from gateway.web.app import create_app
 
@@ -120,6 +123,10 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Any:
     database_url = os.environ.get("OMS_TEST_DATABASE_URL")
     base: Path = tmp_path_factory.mktemp("servers")
     started: list[Any] = []
+    if not redis_url and os.environ.get("OMS_TEST_CLUSTER"):
+        cluster = EmbeddedValkeyCluster(base / "cluster", primaries=3)
+        started.append(cluster)
+        redis_url = cluster.start()
     if not redis_url:
         valkey = EmbeddedValkey(base / "valkey")
         started.append(valkey)
@@ -135,7 +142,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture
 async def redis(backends: Backends) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(backends.redis_url)
+    client = redisconn.connect(backends.redis_url)
     await client.flushall()
     yield client
     await client.aclose()

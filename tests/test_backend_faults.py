@@ -31,6 +31,7 @@ SALE = {"skus": [SKU], "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2199-01-
         "per_user_limit": 1000}
 HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["order.paid"], "secret": "s" * 16}
 BACKLOG = 30
+EXPORTS = tuple(f"GET /v1/exports/{name}.csv" for name in ("orders", "payments", "refunds", "movements"))
 
 
 class Servers:
@@ -104,15 +105,26 @@ def calls(n: int) -> list[tuple[str, str, Any, dict[str, str]]]:
         ("POST", "/v1/orders", order_body(f"new-{n}", items=[{"sku": SKU, "qty": 1}]), ADMIN),
         ("POST", "/v1/orders/batch", {"orders": [order_body(f"batch-{n}", items=[{"sku": SKU, "qty": 1}])]}, ADMIN),
         ("GET", "/v1/orders/seed-1", None, ADMIN),
+        ("GET", "/v1/orders/seed-1/events", None, ADMIN),
         ("GET", "/v1/orders", None, ADMIN),
         ("POST", "/v1/orders/seed-2/payment", {"payment_id": "pay-1", "amount": 0}, PAY),
         ("POST", "/v1/orders/seed-3/cancel", {"reason": "ops"}, OPS),
         ("GET", f"/v1/inventory/{SKU}", None, OPS),
+        ("GET", "/v1/inventory", None, OPS),
+        ("GET", f"/v1/inventory/{SKU}/movements", None, OPS),
         ("PUT", f"/v1/inventory/{SKU}", {"warehouses": {"W1": 100 + n}}, OPS),
         ("POST", f"/v1/inventory/{SKU}/adjust", {"warehouse": "W1", "delta": 1, "reason": "count"}, OPS),
         ("PUT", "/v1/warehouses/W1", {"priority": 1}, OPS),
         ("PUT", "/v1/sales/s1", SALE, OPS),
         ("GET", "/v1/sales/s1", None, OPS),
+        ("GET", "/v1/sales", None, OPS),
+        ("GET", "/v1/warehouses", None, OPS),
+        ("GET", "/v1/payments", None, PAY),
+        ("GET", "/v1/refunds", None, PAY),
+        ("GET", "/v1/exports/orders.csv", None, OPS),
+        ("GET", "/v1/exports/payments.csv", None, PAY),
+        ("GET", "/v1/exports/refunds.csv", None, PAY),
+        ("GET", "/v1/exports/movements.csv", None, OPS),
         ("POST", "/v1/allocations/plan", {"items": [{"sku": SKU, "qty": 1}]}, OPS),
         ("GET", "/v1/stats", None, OPS),
         ("GET", "/v1/events", None, OPS),
@@ -167,10 +179,12 @@ async def test_valkey_killed_and_restarted(gw, servers):
         down = await answers(gw, 2)
         assert_503s_are_well_formed(down)
         # PostgreSQL alone still answers what it holds
-        for route in ("GET /v1/orders", "GET /v1/events", "GET /v1/webhooks"):
+        for route in ("GET /v1/orders", "GET /v1/events", "GET /v1/webhooks", "GET /v1/orders/seed-1/events",
+                      f"GET /v1/inventory/{SKU}/movements", "GET /v1/payments", "GET /v1/refunds", *EXPORTS):
             assert down[route][0] == 200, (route, down[route])
         for route in ("POST /v1/orders", "GET /v1/orders/seed-1", "POST /v1/orders/seed-2/payment",
-                      f"GET /v1/inventory/{SKU}", "GET /v1/stats", "GET /readyz"):
+                      f"GET /v1/inventory/{SKU}", "GET /v1/stats", "GET /readyz", "GET /v1/inventory",
+                      "GET /v1/sales", "GET /v1/warehouses"):
             assert down[route][0] == 503, (route, down[route])
         assert down["GET /readyz"][1]["redis"] is False
         assert down["POST /v1/orders/batch"][1]["results"][0]["status"] == 503
@@ -200,8 +214,13 @@ async def test_postgres_stopped_and_started(gw, servers):
         stats = down["GET /v1/stats"]
         assert stats[0] == 200 and stats[1]["unavailable"] == ["postgres"]
         for route in ("GET /v1/orders", "GET /v1/events", "GET /v1/webhooks", "PUT /v1/warehouses/W1",
-                      "GET /v1/reconciliation"):
+                      "GET /v1/reconciliation", "GET /v1/orders/seed-1/events", "GET /v1/inventory",
+                      f"GET /v1/inventory/{SKU}/movements", "GET /v1/payments", "GET /v1/refunds", *EXPORTS):
             assert down[route][0] == 503, (route, down[route])
+        # the order view and the tables allocation uses need only Redis
+        for route in ("GET /v1/sales", "GET /v1/warehouses"):
+            assert down[route][0] == 200, (route, down[route])
+        assert down["GET /v1/orders/seed-1"][1]["payment_id"] is None
         ready = down["GET /readyz"]  # intake goes on: ready, and degraded
         assert ready[0] == 200 and ready[1]["postgres"] is False and ready[1]["degraded"] == ["postgres"]
         status, text, _ = down["GET /metrics"]

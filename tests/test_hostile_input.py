@@ -128,6 +128,37 @@ async def test_hostile_list_query_is_422(gw, query, code):
     assert (await resp.json())["code"] == code
 
 
+@pytest.mark.parametrize(("path", "query", "code"), [
+    ("/v1/inventory", "prefix=%00", "invalid_prefix"),
+    ("/v1/inventory", "prefix=SKU%0A", "invalid_prefix"),
+    ("/v1/inventory", "cursor=U0tVAA==", "invalid_cursor"),  # "SKU\0"
+    ("/v1/inventory", "limit=%D9%A3", "invalid_limit"),
+    (f"/v1/inventory/{SKU}/movements", "warehouse=W%00", "invalid_warehouse"),
+    (f"/v1/inventory/{SKU}/movements", "from=2026-01-01T00:00:00Z%0A", "invalid_from"),
+    (f"/v1/inventory/{SKU}/movements", "to=9999-12-31T23:59:59-14:00", "invalid_to"),
+    (f"/v1/inventory/{SKU}/movements", "cursor=MTcwMDAwMDAwMDAwMHwxAA==", "invalid_cursor"),  # "...|1\0"
+    ("/v1/payments", "currency=EU%1BR", "invalid_currency"),
+    ("/v1/payments", "limit=1e9", "invalid_limit"),
+    ("/v1/refunds", "cursor=OTk5OTk5OTk5OTk5OTk5OTk5OXwx", "invalid_cursor"),  # a time past year 9999
+    ("/v1/exports/orders.csv", "channel=%00", "invalid_channel"),
+    ("/v1/exports/orders.csv", "status=paid%0A", "invalid_status"),
+    ("/v1/exports/payments.csv", "from=%00", "invalid_from"),
+    ("/v1/exports/refunds.csv", "currency=EUR%0A", "invalid_currency"),
+    ("/v1/exports/movements.csv", "sku=S%0A", "invalid_sku"),
+])
+async def test_hostile_query_of_the_console_lists_and_exports_is_422(gw, path, query, code):
+    resp = await gw.client.get(f"{path}?{query}", headers=auth("k-admin"))
+    assert resp.status == 422, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    assert (await resp.json())["code"] == code
+
+
+@pytest.mark.parametrize("path", ["/v1/orders/o%00/events", "/v1/orders/o-1%0A/events"])
+async def test_hostile_order_id_of_the_timeline_is_404(gw, path):
+    resp = await gw.client.get(path, headers=auth("k-admin"))
+    assert resp.status == 404 and (await resp.json())["code"] == "not_found"
+
+
 async def test_cursor_naming_an_order_id_with_nul_is_422(gw):
     import base64
 

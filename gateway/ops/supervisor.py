@@ -26,10 +26,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import redis.asyncio as aioredis
 from prometheus_client import multiprocess
 
-from gateway import db, metrics
+from gateway import db, metrics, redisconn
 from gateway.config import Settings
 from gateway.ops import workerstate
 from gateway.writer import Writer
@@ -206,7 +205,7 @@ async def orphan_guard() -> AsyncIterator[None]:
 async def run_writer(settings: Settings) -> None:
     """The writer process: drain the stream into PostgreSQL until SIGTERM, then drain once more."""
     assert settings.redis_url and settings.database_url
-    client = aioredis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    client = redisconn.connect(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
     pool = await db.create_pool(settings.database_url)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

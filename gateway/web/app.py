@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from gateway import db, keys, metrics, webhooks
+from gateway import db, keys, metrics, redisconn, webhooks
 from gateway.coalescer import Coalescer
 from gateway.config import Settings
 from gateway.expirer import Expirer
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[K.SETTINGS]
     assert settings.redis_url, "serve starts embedded servers before the app"
-    client = aioredis.from_url(settings.redis_url, max_connections=64, socket_timeout=10,
+    client = redisconn.connect(settings.redis_url, max_connections=64, socket_timeout=10,
                                socket_connect_timeout=5)
     app[K.REDIS] = client
     scripts = Scripts(client)
@@ -152,6 +152,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body)
     app[K.SETTINGS] = settings
     app[K.AUTH] = Authenticator(settings.api_keys, settings.jwt_secret)
+    app[K.EXPORTS] = asyncio.Semaphore(settings.max_exports)
     app.cleanup_ctx.extend([redis_ctx, pg_ctx, engine_ctx, webhooks_ctx])
     urls.setup(app)
     if settings.dev_credentials:

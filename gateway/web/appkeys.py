@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -33,3 +34,4 @@ EXPIRER: web.AppKey[Expirer] = web.AppKey("expirer")
 SALES = web.AppKey("sales", SaleCache)
 WEBHOOKS: web.AppKey[Sender] = web.AppKey("webhooks")
 PUBLISHER = web.AppKey("publisher", Publisher)
+EXPORTS = web.AppKey("exports", asyncio.Semaphore)  # CSV exports running: each holds a pool connection

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime as dt
 import os
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import orjson
@@ -17,13 +15,9 @@ from gateway.coalescer import Result
 from gateway.errors import Forbidden, GatewayError, Invalid, NotFound, PayloadTooLarge
 from gateway.faults import unless_down
 from gateway.inventory import change_stock, plan_allocation, put_warehouse, stock_views
-from gateway.lifecycle import STATUSES
 from gateway.models import (
-    EARLIEST,
-    LATEST,
     BatchIn,
     CancelIn,
-    Channel,
     InventoryAdjust,
     InventorySet,
     OrderId,
@@ -32,21 +26,19 @@ from gateway.models import (
     PlanIn,
     SaleId,
     Sku,
-    UserId,
     WarehouseId,
     WarehouseIn,
     decode,
     decode_order,
-    sane_time,
     valid,
 )
 from gateway.ops import workerstate
-from gateway.orders import ORDER_SELECT, load_order, row_view
+from gateway.orders import load_order
 from gateway.sales import SaleIn, put_sale, sale_view
 from gateway.stockwatch import forecast, hot
 from gateway.web import appkeys as K
 from gateway.web.auth import Principal, may_read
-from gateway.web.common import DIGITS, json, path_id, principal
+from gateway.web.common import json, path_id, principal
 
 
 def may_submit(who: Principal, order: OrderIn, services: tuple[str, ...]) -> None:
@@ -187,81 +179,6 @@ def service_transition(action: str, body_type: type[Any]) -> Any:
         return json(await change(request, who, action, data))
 
     return handler
-
-
-LIST_LIMIT = 200
-
-
-def _cursor(created_ms: int, order_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_ms}|{order_id}".encode()).decode()
-
-
-def _parse_cursor(raw: str) -> tuple[dt.datetime, str]:
-    try:
-        ms, _, order_id = base64.urlsafe_b64decode(raw.encode()).decode().partition("|")
-        if DIGITS.fullmatch(ms) and valid(order_id, OrderId):
-            return sane_time(dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC), "cursor"), order_id
-    except (ValueError, OverflowError, OSError, Invalid):  # OverflowError, OSError: a time out of range
-        pass
-    raise Invalid("cursor is malformed; pass back the 'next' value", code="invalid_cursor")
-
-
-def _time_param(q: Any, name: str) -> dt.datetime | None:
-    raw = q.get(name)
-    if raw is None:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        return sane_time(t if t.tzinfo else t.replace(tzinfo=dt.UTC), name)
-    except (ValueError, OverflowError, Invalid):
-        raise Invalid(f"{name} must be an RFC 3339 time in {EARLIEST.year}..{LATEST.year - 1}",
-                      code=f"invalid_{name}") from None
-
-
-FILTERS: dict[str, Any] = {"user_id": UserId, "status": Literal[STATUSES], "channel": Channel, "sale_id": SaleId}
-
-
-async def list_orders(request: web.Request) -> web.Response:
-    """Newest first with a cursor; a user sees only its own orders, a storefront only its channel."""
-    who = principal(request)
-    if who.role not in ("user", "storefront"):
-        who.require("ops")
-    q = request.query
-    raw_limit = q.get("limit", "50")
-    limit = int(raw_limit) if DIGITS.fullmatch(raw_limit) else 0
-    if not 1 <= limit <= LIST_LIMIT:
-        raise Invalid(f"limit must be 1..{LIST_LIMIT}", code="invalid_limit")
-    filters = {k: q[k] for k in FILTERS if k in q}
-    for name, value in filters.items():
-        if not valid(value, FILTERS[name]):
-            raise Invalid(f"{name} is malformed", code=f"invalid_{name}")
-    # every parameter is checked before a caller's scope can make the answer empty
-    times = {op: _time_param(q, name) for name, op in (("from", ">="), ("to", "<"))}
-    after = _parse_cursor(q["cursor"]) if "cursor" in q else None
-    if who.role == "user":
-        if filters.setdefault("user_id", who.user_id) != who.user_id:
-            return json({"orders": [], "next": None})
-    elif who.role == "storefront":
-        if filters.setdefault("channel", who.channel) != who.channel:
-            return json({"orders": [], "next": None})
-    where, args = [], []
-    for column, value in filters.items():
-        args.append(value)
-        where.append(f"o.{column} = ${len(args)}")
-    for op, t in times.items():
-        if t is not None:
-            args.append(t)
-            where.append(f"o.created_at {op} ${len(args)}")
-    if after is not None:
-        args += list(after)
-        where.append(f"(o.created_at, o.order_id) < (${len(args) - 1}, ${len(args)})")
-    args.append(limit + 1)
-    sql = (ORDER_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-           + f" ORDER BY o.created_at DESC, o.order_id DESC LIMIT ${len(args)}")
-    rows = await request.app[K.PG].fetch(sql, *args)
-    page = rows[:limit]
-    nxt = _cursor(page[-1]["created_ms"], page[-1]["order_id"]) if len(rows) > limit else None
-    return json({"orders": [row_view(r) for r in page], "next": nxt})
 
 
 async def get_inventory(request: web.Request) -> web.Response:

@@ -155,7 +155,7 @@ def build(routes: Sequence[Route], version: str) -> dict[str, Any]:
     types = list(dict.fromkeys(types))
     found, components = msgspec.json.schema_components(types, ref_template=REF)
     refs = dict(zip(types, found, strict=True))
-    query = {t: components.pop(t.__name__) for t in (r.query for r in routes) if t is not None}
+    query = {t: components.pop(t.__name__) for t in dict.fromkeys(r.query for r in routes) if t is not None}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(template(route.path), {})[route.method.lower()] = operation(route, refs, query)

@@ -14,11 +14,12 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
-from gateway.lifecycle import STATUSES
+from gateway.lifecycle import CANCEL_REASONS, STATUSES
 from gateway.models import (
     BatchIn,
     CancelIn,
     Channel,
+    Currency,
     EventType,
     InventoryAdjust,
     InventorySet,
@@ -70,6 +71,12 @@ class Order(Out):
     created_at: Time
     ship_to: ShipTo | UnsetType = UNSET
     currency: str | UnsetType = UNSET
+    # every answer but the submit's (the hot path) carries these:
+    total: int | None | UnsetType = UNSET  # minor units; null when a line has no price
+    payment_id: str | None | UnsetType = UNSET
+    cancel_reason: Literal[CANCEL_REASONS] | None | UnsetType = UNSET
+    shipment: Shipment | None | UnsetType = UNSET  # null until shipped
+    refund: RefundNote | None | UnsetType = UNSET  # null until a refund starts
 
 
 class Problem(Struct):
@@ -151,6 +158,154 @@ class SaleView(Out):
     strategy: Strategy | UnsetType = UNSET
     prices: dict[str, int] | UnsetType = UNSET
     currency: str | UnsetType = UNSET
+
+
+class Shipment(Out):
+    """The ship event's data."""
+
+    carrier: str | UnsetType = UNSET
+    tracking: str | UnsetType = UNSET
+
+
+class RefundNote(Out):
+    """The refund event's data (an ops or payments cancel of a paid order gives only its reason)."""
+
+    reason: str | UnsetType = UNSET
+    amount: int | UnsetType = UNSET
+
+
+class WarehouseList(Out):
+    warehouses: list[Warehouse]  # by priority, then id
+
+
+class SaleList(Out):
+    sales: list[SaleView]  # latest start first, then by id
+
+
+class InventoryList(Out):
+    skus: list[InventoryView]  # sales_per_minute and sell_out_eta null: GET /v1/inventory/{sku} has them
+    next: str | None
+
+
+class OrderEvent(Out):
+    seq: int
+    type: EventType
+    at: Time
+    data: dict[str, Any]
+
+
+class OrderEvents(Out):
+    events: list[OrderEvent]
+
+
+class Movement(Out):
+    id: int
+    warehouse: str
+    delta: Units
+    on_hand_after: int
+    reason: str
+    order_id: str | None
+    at: Time
+
+
+class MovementList(Out):
+    movements: list[Movement]
+    next: str | None
+
+
+class Total(Out):
+    currency: str | None  # null: orders without a currency
+    count: Count
+    amount: int
+
+
+class Payment(Out):
+    order_id: str
+    payment_id: str | None
+    amount: int | None
+    currency: str | None
+    at: Time
+    user_id: str
+    channel: Channel
+
+
+class PaymentList(Out):
+    payments: list[Payment]
+    totals: list[Total]  # of everything the filters select, not of the page
+    next: str | None
+
+
+class Refund(Out):
+    order_id: str
+    amount: int | None  # the refund's own amount, else what was paid
+    currency: str | None
+    reason: str | None
+    at: Time
+    status: Literal["refunding", "refunded"]
+
+
+class RefundList(Out):
+    refunds: list[Refund]
+    totals: list[Total]
+    next: str | None
+
+
+Page = Annotated[int, Meta(ge=1, le=200)]
+Cursor = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class InventoryQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/inventory``: SKUs in order, from a prefix."""
+
+    prefix: Sku | UnsetType = UNSET
+    limit: Page = 50
+    cursor: Cursor | UnsetType = UNSET
+
+
+class MovementQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/inventory/{sku}/movements``: a warehouse, a time range on ``at``, the page."""
+
+    warehouse: WarehouseId | UnsetType = UNSET
+    from_: dt.datetime | UnsetType = field(default=UNSET, name="from")
+    to: dt.datetime | UnsetType = UNSET
+    limit: Page = 50
+    cursor: Cursor | UnsetType = UNSET
+
+
+class MoneyQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/payments`` and ``/v1/refunds``: a time range on the event, a currency, the page."""
+
+    from_: dt.datetime | UnsetType = field(default=UNSET, name="from")
+    to: dt.datetime | UnsetType = UNSET
+    currency: Currency | UnsetType = UNSET
+    limit: Page = 50
+    cursor: Cursor | UnsetType = UNSET
+
+
+class OrderExportQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/exports/orders.csv``: the filters of ``GET /v1/orders``, without the page."""
+
+    user_id: UserId | UnsetType = UNSET
+    status: Status | UnsetType = UNSET
+    channel: Channel | UnsetType = UNSET
+    sale_id: SaleId | UnsetType = UNSET
+    from_: dt.datetime | UnsetType = field(default=UNSET, name="from")
+    to: dt.datetime | UnsetType = UNSET
+
+
+class MoneyExportQuery(Struct, forbid_unknown_fields=True):
+    from_: dt.datetime | UnsetType = field(default=UNSET, name="from")
+    to: dt.datetime | UnsetType = UNSET
+    currency: Currency | UnsetType = UNSET
+
+
+class MovementExportQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/exports/movements.csv``: one SKU's ledger, or every SKU's."""
+
+    sku: Sku | UnsetType = UNSET
+    warehouse: WarehouseId | UnsetType = UNSET
+    from_: dt.datetime | UnsetType = field(default=UNSET, name="from")
+    to: dt.datetime | UnsetType = UNSET
 
 
 class Unfilled(Out):

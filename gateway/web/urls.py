@@ -28,7 +28,7 @@ from gateway.models import (
     WebhookIn,
 )
 from gateway.sales import SaleIn
-from gateway.web import access, console, docs, events, handlers, monitoring, reconciliation, webhooks
+from gateway.web import access, console, docs, events, exports, handlers, lists, monitoring, reconciliation, webhooks
 from gateway.web import appkeys as K
 from gateway.web import schemas as S
 from gateway.web.edge import Handler, edge, no_route
@@ -39,6 +39,10 @@ ORDER_REFUSALS = ("forbidden", "idempotency_mismatch", "insufficient_stock", "li
                   "price_mismatch", "sku_not_in_sale", "channel_not_allowed", "duplicate_sku", "overloaded",
                   "not_ready", "rate_limited", "backlog_full")
 TRANSITION = ("forbidden", "not_found", "illegal_transition", "not_ready")
+FINANCE = ("payments", "ops", "admin")
+MONEY_CODES = ("forbidden", "unknown_parameter", "invalid_from", "invalid_to", "invalid_currency", "invalid_limit", "invalid_cursor")
+EXPORT_MONEY_CODES = ("forbidden", "unknown_parameter", "invalid_from", "invalid_to", "invalid_currency", "exports_busy")
+CSV = ("text/csv",)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,14 +73,15 @@ ROUTES: list[Route] = [
           ("storefront", "ops", "admin"), BatchIn, ok={200: S.BatchOut}, codes=("forbidden",),
           description="Each entry is an order (OrderIn) validated and reserved on its own; `status` and `body` "
                       "are what a single submit would answer, in request order."),
-    Route("GET", "/v1/orders", handlers.list_orders, "List orders, newest first", "orders",
+    Route("GET", "/v1/orders", lists.list_orders, "List orders, newest first", "orders",
           ("user", "storefront", "ops", "admin"), query=S.OrderQuery, ok={200: S.OrderList},
           codes=("forbidden", "invalid_limit", "invalid_user_id", "invalid_status", "invalid_channel",
                  "invalid_sale_id", "invalid_from", "invalid_to", "invalid_cursor"),
           description="A user sees its own orders, a storefront its channel's."),
     Route("GET", "/v1/orders/{order_id}", handlers.get_order, "Read an order", "orders",
           ("user", "storefront", "ops", "payments", "admin"), ok={200: S.Order}, codes=("not_found",),
-          description="404, never 403, for an order the caller may not see: ids cannot be probed."),
+          description="404, never 403, for an order the caller may not see: ids cannot be probed. Carries "
+                      "`total`, `payment_id`, `cancel_reason`, `shipment` and `refund` (null until they apply)."),
     Route("POST", "/v1/orders/{order_id}/payment", handlers.pay, "Record the payment", "transitions",
           ("payments", "admin"), PaymentIn, ok={200: S.Order},
           codes=(*TRANSITION, "reservation_expired", "amount_mismatch", "payment_conflict", "rate_limited")),
@@ -108,6 +113,43 @@ ROUTES: list[Route] = [
                  "duplicate_sku")),
     Route("GET", "/v1/sales/{sale_id}", handlers.get_sale, "A sale with live sold and remaining units", "sales",
           OPS, ok={200: S.SaleView}, codes=("forbidden", "invalid_sale_id", "not_found")),
+    Route("GET", "/v1/warehouses", lists.list_warehouses, "Warehouses by priority, then id", "inventory", OPS,
+          ok={200: S.WarehouseList}, codes=("forbidden",),
+          description="The table allocation uses, a warehouse that stock named without configuring it included."),
+    Route("GET", "/v1/sales", lists.list_sales, "Every sale with live sold and remaining units", "sales", OPS,
+          ok={200: S.SaleList}, codes=("forbidden",)),
+    Route("GET", "/v1/inventory", lists.list_inventory, "SKUs with stock, in SKU order, with live figures",
+          "inventory", OPS, query=S.InventoryQuery, ok={200: S.InventoryList},
+          codes=("forbidden", "unknown_parameter", "invalid_limit", "invalid_prefix", "invalid_cursor"),
+          description="SKUs PostgreSQL holds stock rows for; the figures are Redis's. No forecast: "
+                      "`sales_per_minute` and `sell_out_eta` are null (GET /v1/inventory/{sku} has them)."),
+    Route("GET", "/v1/inventory/{sku}/movements", lists.list_movements, "The SKU's stock ledger, newest first",
+          "inventory", OPS, query=S.MovementQuery, ok={200: S.MovementList},
+          codes=("forbidden", "unknown_parameter", "invalid_sku", "invalid_warehouse", "invalid_from", "invalid_to",
+                 "invalid_limit", "invalid_cursor")),
+    Route("GET", "/v1/orders/{order_id}/events", lists.order_events, "The order's timeline", "orders",
+          ("user", "storefront", "ops", "payments", "admin"), ok={200: S.OrderEvents}, codes=("not_found",),
+          description="The order's events as PostgreSQL has them, by seq; the same visibility as the order."),
+    Route("GET", "/v1/payments", lists.list_payments, "Payments, newest first, with totals per currency",
+          "finance", FINANCE, query=S.MoneyQuery, ok={200: S.PaymentList}, codes=MONEY_CODES,
+          description="`totals` cover everything the filters select, not the page."),
+    Route("GET", "/v1/refunds", lists.list_refunds, "Refunds, newest first, with totals per currency", "finance",
+          FINANCE, query=S.MoneyQuery, ok={200: S.RefundList}, codes=MONEY_CODES,
+          description="A refund is the order's refund event; without an amount of its own it gives back what "
+                      "was paid. `totals` cover everything the filters select, not the page."),
+    Route("GET", "/v1/exports/orders.csv", exports.orders_csv, "Orders as CSV, streamed", "finance",
+          ("user", "storefront", "ops", "admin"), query=S.OrderExportQuery, media=CSV,
+          codes=("forbidden", "unknown_parameter", "invalid_user_id", "invalid_status", "invalid_channel",
+                 "invalid_sale_id", "invalid_from", "invalid_to", "exports_busy"),
+          description="The filters and scope of GET /v1/orders (without its page), every matching order."),
+    Route("GET", "/v1/exports/payments.csv", exports.payments_csv, "Payments as CSV, streamed", "finance", FINANCE,
+          query=S.MoneyExportQuery, media=CSV, codes=EXPORT_MONEY_CODES),
+    Route("GET", "/v1/exports/refunds.csv", exports.refunds_csv, "Refunds as CSV, streamed", "finance", FINANCE,
+          query=S.MoneyExportQuery, media=CSV, codes=EXPORT_MONEY_CODES),
+    Route("GET", "/v1/exports/movements.csv", exports.movements_csv, "The stock ledger as CSV, streamed",
+          "finance", OPS, query=S.MovementExportQuery, media=CSV,
+          codes=("forbidden", "unknown_parameter", "invalid_sku", "invalid_warehouse", "invalid_from", "invalid_to",
+                 "exports_busy")),
     Route("POST", "/v1/allocations/plan", handlers.allocation_plan, "Plan an allocation, reserving nothing",
           "inventory", OPS, PlanIn, ok={200: S.Plan}, codes=("forbidden", "duplicate_sku")),
     Route("GET", "/v1/stats", handlers.stats, "Live counters and the forecast of the SKUs selling most",
