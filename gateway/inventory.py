@@ -139,8 +139,10 @@ async def put_warehouse(
     pipe = redis.pipeline(transaction=True)
     pipe.hset(keys.warehouses(), wid, encode_warehouse(w.priority, w.region, w.active))
     pipe.incr(keys.wh_version())
-    pipe.publish(keys.RESTOCK, "*")  # an activated warehouse brings units of every SKU
     await pipe.execute()
+    # an activated warehouse brings units of every SKU; sent once the table is in place (and
+    # outside the transaction: a Cluster's pipeline refuses PUBLISH, which names no key)
+    await redis.publish(keys.RESTOCK, "*")
     await cache.load()
     return created, {"warehouse_id": wid, "region": w.region, "priority": w.priority, "active": w.active}
 

@@ -197,12 +197,15 @@ class _Families:
         yield from self.families
 
 
+def collected() -> list[Metric]:
+    """The series every process counted (under serve, merged from the multiprocess files), or this one's."""
+    if MULTIPROCESS:
+        return list(MultiProcessCollector(None).collect())
+    return list(REGISTRY.collect())
+
+
 def exposition(extra: list[Metric]) -> bytes:
     """The text every scrape answers: all processes' series (or this one's) and ``extra``."""
     registry = CollectorRegistry(auto_describe=False)
-    if MULTIPROCESS:
-        MultiProcessCollector(registry)
-    else:
-        registry.register(_Families(REGISTRY.collect()))  # type: ignore[arg-type]
-    registry.register(_Families(extra))  # type: ignore[arg-type]
+    registry.register(_Families([*collected(), *extra]))  # type: ignore[arg-type]
     return generate_latest(registry)

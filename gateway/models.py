@@ -123,6 +123,21 @@ class WebhookIn(Struct, forbid_unknown_fields=True):
     secret: Annotated[str, Meta(min_length=16, max_length=256, pattern=TEXT_PATTERN)]
 
 
+RowId = Annotated[int, Meta(ge=1, le=2**63 - 1)]  # a bigserial id
+
+
+class WebhookReplayIn(Struct, forbid_unknown_fields=True):
+    """``POST /v1/webhooks/{id}/replay``: deliver again from this feed event on."""
+
+    from_event_id: RowId
+
+
+class QuarantineReplayIn(Struct, forbid_unknown_fields=True):
+    """``POST /v1/quarantine/replay``: the entries to replay; none named: every open entry."""
+
+    ids: Annotated[list[RowId], Meta(max_length=1000)] | None = None
+
+
 T = TypeVar("T")
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 encode = msgspec.json.Encoder().encode

@@ -53,3 +53,11 @@ def route(client: aioredis.Redis, key: str) -> dict[str, Any]:
     if isinstance(client, RedisCluster):
         return {"target_nodes": client.get_node_from_key(key)}
     return {}
+
+
+async def subscriber(client: aioredis.Redis) -> Any:
+    """A PubSub of ``client``. A cluster client learns its slot map first: its PubSub picks
+    the node by the channel's slot and fails on a client that has not connected yet."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+    return client.pubsub()

@@ -51,7 +51,7 @@ def _entry_ms(entry_id: bytes) -> int:
     return int(entry_id.split(b"-")[0])
 
 
-async def _stream(redis: aioredis.Redis) -> list[Metric]:
+async def stream_state(redis: aioredis.Redis) -> dict[str, float]:
     """Length, pending and lag of the event stream, ages by Redis' clock (stream ids carry it)."""
     stream = keys.events()
     pipe = redis.pipeline(transaction=False)
@@ -65,12 +65,20 @@ async def _stream(redis: aioredis.Redis) -> list[Metric]:
     group = next((g for g in groups if g["name"] == keys.WRITER_GROUP.encode()), {})
     oldest_pending = (now_ms - _entry_ms(pending["min"])) / 1000 if pending["pending"] else 0.0
     oldest = (now_ms - _entry_ms(first[0][0])) / 1000 if first else 0.0
+    return {"length": length, "pending": pending["pending"], "oldest_pending_age": max(oldest_pending, 0),
+            "lag": group.get("lag") or 0, "lag_seconds": max(oldest, 0)}
+
+
+async def _stream(redis: aioredis.Redis) -> list[Metric]:
+    state = await stream_state(redis)
     return [
-        _gauge("oms_stream_length", "Entries in the event stream, not yet written", length),
-        _gauge("oms_stream_pending", "Entries a writer has read and not yet acknowledged", pending["pending"]),
-        _gauge("oms_stream_oldest_pending_age_seconds", "Age of the oldest entry a writer holds", max(oldest_pending, 0)),
-        _gauge("oms_writer_lag_entries", "Entries no writer has read yet", group.get("lag") or 0),
-        _gauge("oms_writer_lag_seconds", "Age of the oldest entry not yet written to PostgreSQL", max(oldest, 0)),
+        _gauge("oms_stream_length", "Entries in the event stream, not yet written", state["length"]),
+        _gauge("oms_stream_pending", "Entries a writer has read and not yet acknowledged", state["pending"]),
+        _gauge("oms_stream_oldest_pending_age_seconds", "Age of the oldest entry a writer holds",
+               state["oldest_pending_age"]),
+        _gauge("oms_writer_lag_entries", "Entries no writer has read yet", state["lag"]),
+        _gauge("oms_writer_lag_seconds", "Age of the oldest entry not yet written to PostgreSQL",
+               state["lag_seconds"]),
     ]
 
 

@@ -125,7 +125,7 @@ class SoldOut:
         try:
             while True:
                 try:
-                    async with client.pubsub() as pubsub:
+                    async with await redisconn.subscriber(client) as pubsub:
                         await pubsub.subscribe(keys.RESTOCK)
                         async for message in pubsub.listen():
                             if message["type"] == "subscribe":

@@ -10,6 +10,8 @@ delays nothing but its own deliveries.
 With several gateway processes, a webhook is delivered by the one process that holds its
 session advisory lock ``(LOCK_CLASS, lock_key)`` on that sender's dedicated connection;
 the locks go with the connection, so a dead process frees its webhooks for the others.
+An admin's replay (``rewind``) sets the cursor from outside that lock; the sender moves the
+cursor only from the value it left there, so it finds a replay instead of overwriting it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ import asyncpg
 import orjson
 
 from gateway import feed, metrics
+from gateway.errors import Invalid
 from gateway.faults import log_retry
 
 log = logging.getLogger(__name__)
 LOCK_CLASS = 0x6F6D77  # two-key advisory locks: a space apart from the one-key locks in db and writer
+
+
+class CursorMoved(Exception):
+    """A replay (``rewind``) set the webhook's cursor while the sender was on an event: read again from it."""
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -190,11 +197,13 @@ class Sender:
                         sent = await self._send(hook, row)
                         if sent is None:
                             return
-                        hook = sent
-                await self.pool.execute(  # past the events this webhook does not want
-                    "UPDATE webhooks SET last_event_id = $2 WHERE lock_key = $1 AND last_event_id < $2",
-                    key, rows[-1]["id"])
+                        hook = dataclasses.replace(sent, cursor=row["id"])
+                await self.pool.execute(  # past the events this webhook does not want, unless rewound meanwhile
+                    "UPDATE webhooks SET last_event_id = $2 WHERE lock_key = $1 AND last_event_id = $3",
+                    key, rows[-1]["id"], hook.cursor)
                 failures = 0
+            except CursorMoved:
+                continue
             except Exception as exc:
                 failures += 1
                 log_retry(log, exc, "webhook #%s: delivery failed, retrying", key)
@@ -203,18 +212,23 @@ class Sender:
     async def _send(self, hook: Hook, row: asyncpg.Record) -> Hook | None:
         """POST one event until a 2xx; None once the webhook is gone or the sender closes.
 
-        The webhook is read again before each retry: a corrected URL or a new secret
-        applies to the next attempt.
+        ``hook.cursor`` is where the cursor stands before this event; a 2xx moves it to the
+        event only from there, and a cursor found elsewhere (a replay moved it) raises
+        ``CursorMoved``. The webhook is read again before each retry: a corrected URL or a
+        new secret applies to the next attempt.
         """
         body = orjson.dumps(feed.item(row))
         while not self._stop.is_set():
             status, error, ms = await self._post(hook, row["id"], body)
-            attempt = await self._record(hook, row["id"], status, error, ms)
-            if attempt is None:
+            booked = await self._record(hook, row["id"], status, error, ms)
+            if booked is None:
                 return None
+            attempt, advanced = booked
             if status is not None and 200 <= status < 300:
                 metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
                 metrics.WEBHOOK_AGE.observe(max(time.time() - row["at_ms"] / 1000, 0.0))
+                if not advanced:
+                    raise CursorMoved
                 return hook
             metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
             if await self._pause(self._backoff(attempt)):
@@ -222,6 +236,8 @@ class Sender:
             reloaded = await self._load(hook.lock_key)
             if reloaded is None:
                 return None
+            if reloaded.cursor != hook.cursor:
+                raise CursorMoved
             hook = reloaded
         return None
 
@@ -244,10 +260,11 @@ class Sender:
         return status, error, round((time.monotonic() - started) * 1000)
 
     async def _record(self, hook: Hook, event_id: int, status: int | None, error: str | None,
-                      ms: int) -> int | None:
-        """Book the attempt and, on a 2xx, move the cursor; its number, or None if the webhook is gone."""
+                      ms: int) -> tuple[int, bool] | None:
+        """Book the attempt and, on a 2xx, move the cursor from ``hook.cursor`` to the event:
+        the attempt's number and whether the cursor moved, or None if the webhook is gone."""
         try:
-            return await self.pool.fetchval(
+            row = await self.pool.fetchrow(
                 """WITH attempt AS (
                      INSERT INTO webhook_attempts
                        (webhook_id, lock_key, event_id, attempt, status, error, duration_ms)
@@ -256,10 +273,43 @@ class Sender:
                      RETURNING attempt
                    ), advance AS (
                      UPDATE webhooks SET last_event_id = $3
-                     WHERE lock_key = $2 AND last_event_id < $3 AND $4 BETWEEN 200 AND 299
+                     WHERE lock_key = $2 AND last_event_id = $7 AND $4 BETWEEN 200 AND 299
+                     RETURNING 1
                    )
-                   SELECT attempt FROM attempt""",
-                hook.webhook_id, hook.lock_key, event_id, status, error, ms,
+                   SELECT attempt, EXISTS (SELECT 1 FROM advance) AS advanced FROM attempt""",
+                hook.webhook_id, hook.lock_key, event_id, status, error, ms, hook.cursor,
             )
         except asyncpg.ForeignKeyViolationError:  # deleted while we were sending
             return None
+        return row["attempt"], row["advanced"]
+
+
+async def attempts(pool: asyncpg.Pool, webhook_id: str, limit: int) -> tuple[int, list[asyncpg.Record]] | None:
+    """The webhook's cursor and its ``limit`` newest delivery attempts; None when there is no such webhook."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT lock_key, last_event_id FROM webhooks WHERE webhook_id = $1", webhook_id)
+        if row is None:
+            return None
+        rows = await conn.fetch(
+            """SELECT event_id, attempt, status, error, duration_ms,
+                      (extract(epoch FROM at) * 1000)::bigint AS at_ms
+               FROM webhook_attempts WHERE lock_key = $1 ORDER BY id DESC LIMIT $2""",
+            row["lock_key"], limit)
+    return row["last_event_id"], rows
+
+
+async def rewind(pool: asyncpg.Pool, webhook_id: str, from_event_id: int, columns: str) -> asyncpg.Record | None:
+    """Deliver again from ``from_event_id`` on: the cursor goes to the event before it. The
+    webhook's ``columns``, or None when there is no such webhook; 422 past the feed's end + 1.
+
+    Safe while a sender delivers: it moves the cursor only from where it left it
+    (``Sender._record``), so it finds the new cursor and starts from there.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""UPDATE webhooks SET last_event_id = $2 - 1, updated_at = now() WHERE webhook_id = $1
+                RETURNING (SELECT coalesce(max(id), 0) FROM order_events) AS feed_end, {columns}""",
+            webhook_id, from_event_id)
+        if row is not None and from_event_id > row["feed_end"] + 1:
+            raise Invalid(f"from_event_id is past the feed's end ({row['feed_end']})", code="invalid_from_event_id")
+    return row

@@ -10,6 +10,7 @@ there, which rebuilds only when the sources are newer). Screenshots go to each t
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -47,9 +48,12 @@ KEYS = {"admin": "k-admin", "ops": "k-ops", "payments": "k-pay", "storefront": "
 
 @pytest.fixture(scope="module")
 def console_build() -> Path:
-    """The built console: ``make console`` when npm is there (a no-op when the build is fresh)."""
+    """The built console: ``make console`` when npm is there (a no-op when the build is fresh). Under a lock
+    on package.json: xdist workers would otherwise build into the same dist/ at once."""
     if shutil.which("npm"):
-        subprocess.run(["make", "--no-print-directory", "-s", "console"], cwd=ROOT, check=True, timeout=600)
+        with (ROOT / "console" / "package.json").open() as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            subprocess.run(["make", "--no-print-directory", "-s", "console"], cwd=ROOT, check=True, timeout=600)
     if not (DEFAULT_DIR / "index.html").is_file():
         pytest.skip("the console is not built and npm is missing (make console needs Node 20 and npm)")
     return DEFAULT_DIR
@@ -218,3 +222,130 @@ async def test_hostile_text_from_the_api_is_shown_as_text(page, gw):
     await expect(page.get_by_test_id("order-user")).to_have_text(hostile)
     assert await page.evaluate("() => window.__owned") is None
     assert await page.locator("img").count() == 0
+
+
+async def test_warehouse_staff_adjust_stock_and_see_the_ledger_row(page, gw, tmp_path):
+    ops = auth("k-ops")
+    for wid, body in {"W1": {"region": "east", "priority": 1}, "W2": {"region": "west", "priority": 2},
+                      "W9": {"region": "north", "priority": 9, "active": False}}.items():
+        assert (await gw.client.put(f"/v1/warehouses/{wid}", json=body, headers=ops)).status == 201
+    await gw.set_stock("SKU-S", {"W1": 10, "W2": 4, "W9": 5})
+    await sign_in(page, "k-ops")
+    await page.get_by_test_id("nav-stock").click()
+    row = page.get_by_test_id("sku-table").get_by_test_id("row-SKU-S")
+    await expect(row.get_by_test_id("stock-W1")).to_have_text("W1: 10 / 10 (0)")
+    await expect(row.locator("[data-col=inactive]")).to_contain_text("W9: 5 on hand")
+    await expect(row.locator("[data-col=active]")).not_to_contain_text("W9")
+    await expect(page.get_by_test_id("warehouse-table").get_by_test_id("row-W9")).to_be_visible()
+    await shot(page, tmp_path, "console-stock")
+
+    await row.get_by_role("link").click()
+    await expect(page.get_by_test_id("sku-inactive").get_by_test_id("row-W9")).to_be_visible()
+    await page.get_by_test_id("adjust-warehouse").fill("W1")
+    await page.get_by_test_id("adjust-delta").fill("25")
+    await page.get_by_test_id("adjust-reason").select_option("receipt")
+    await page.get_by_test_id("adjust-submit").click()
+    await expect(page.get_by_test_id("confirm-dialog")).to_contain_text("Adjust SKU-S at W1 by +25 (receipt)?")
+    await page.get_by_test_id("confirm-ok").click()
+    await expect(page.get_by_test_id("sku-warehouses").get_by_test_id("row-W1").locator("[data-col=on_hand]")).to_have_text("35")
+    ledger = page.get_by_test_id("ledger-table")
+    newest = ledger.locator("tbody tr").first
+    await expect(newest.locator("[data-col=delta]")).to_have_text("+25")
+    await expect(newest.locator("[data-col=reason]")).to_have_text("receipt")
+    await expect(newest.locator("[data-col=on_hand_after]")).to_have_text("35")
+    await expect(newest.locator("[data-col=warehouse]")).to_have_text("W1")
+    await shot(page, tmp_path, "console-sku")
+    assert (await gw.stock("SKU-S"))["warehouses"]["W1"]["on_hand"] == 35
+
+    # a refusal in the API's words, and nothing changed
+    await page.get_by_test_id("adjust-delta").fill("-40")
+    await page.get_by_test_id("adjust-submit").click()
+    await page.get_by_test_id("confirm-ok").click()
+    await expect(page.get_by_test_id("confirm-error")).to_contain_text("below_reserved")
+    await page.get_by_test_id("confirm-cancel").click()
+    assert (await gw.stock("SKU-S"))["warehouses"]["W1"]["on_hand"] == 35
+
+    # a warehouse edited in place
+    await page.get_by_test_id("nav-stock").click()
+    await page.get_by_test_id("wh-region-W2").fill("south")
+    await page.get_by_test_id("wh-priority-W2").fill("3")
+    await page.get_by_test_id("wh-save-W2").click()
+    await page.get_by_test_id("confirm-ok").click()
+    await expect(page.get_by_test_id("warehouse-notice")).to_have_text("Saved warehouse W2.")
+    listed = (await (await gw.client.get("/v1/warehouses", headers=ops)).json())["warehouses"]
+    assert {"warehouse_id": "W2", "region": "south", "priority": 3, "active": True} in listed
+
+
+async def test_ops_creates_a_sale_and_sees_it_listed_with_live_figures(page, gw, tmp_path):
+    await gw.set_stock("SKU-1", {"W1": 50})
+    await gw.set_stock("SKU-2", {"W1": 20})
+    await sign_in(page, "k-ops")
+    await page.get_by_test_id("nav-sales").click()
+    await page.get_by_test_id("sale-new").click()
+    form = page.get_by_test_id("sale-form")
+    await form.get_by_test_id("sale-form-id").fill("s-e2e")
+    await form.get_by_test_id("sale-form-starts").fill("2026-01-01T00:00")
+    await form.get_by_test_id("sale-form-ends").fill("2199-01-01T00:00")
+    await form.get_by_test_id("sale-form-skus").fill("SKU-1, SKU-2")
+    await form.get_by_test_id("sale-form-limit").fill("3")
+    await form.get_by_test_id("sale-form-channel-web").check()
+    await form.get_by_test_id("sale-form-channel-app").check()
+    await form.get_by_test_id("sale-form-strategy").select_option("max_stock")
+    await form.get_by_test_id("sale-form-ttl").fill("600")
+    await form.get_by_test_id("sale-form-currency").fill("EUR")
+    await form.get_by_test_id("sale-form-price-SKU-1").fill("1999")
+    await form.get_by_test_id("sale-form-save").click()
+    await page.get_by_test_id("confirm-ok").click()
+    await expect(page.get_by_test_id("sale-notice")).to_have_text("Created sale s-e2e.")
+    await expect(page.get_by_test_id("sale-remaining")).to_have_text("70")
+    stored = await (await gw.client.get("/v1/sales/s-e2e", headers=auth("k-ops"))).json()
+    assert stored["skus"] == ["SKU-1", "SKU-2"] and stored["per_user_limit"] == 3
+    assert stored["channels"] == ["web", "app"] and stored["strategy"] == "max_stock"
+    assert stored["reservation_ttl"] == 600 and stored["prices"] == {"SKU-1": 1999} and stored["currency"] == "EUR"
+    assert stored["starts_at"].startswith("2026-01-01T00:00:00") and stored["ends_at"].startswith("2199-01-01")
+
+    # an order in the sale moves sold and remaining on the list
+    resp = await gw.post("/v1/orders", order_body("web-e2e-sale", "u-1", [{"sku": "SKU-1", "qty": 2}], sale_id="s-e2e"))
+    assert resp.status == 201, await resp.text()
+    await page.get_by_test_id("nav-sales").click()
+    row = page.get_by_test_id("sales-table").get_by_test_id("row-s-e2e")
+    await expect(row.locator("[data-col=sold]")).to_have_text("2")
+    await expect(row.locator("[data-col=remaining]")).to_have_text("68")
+    await expect(row.locator("[data-col=channels]")).to_have_text("web, app")
+    await shot(page, tmp_path, "console-sales")
+
+    # a refusal shown plainly: a window that ends before it starts is caught before sending
+    await row.get_by_role("link").click()
+    await page.get_by_test_id("sale-form-ends").fill("2025-01-01T00:00")
+    await page.get_by_test_id("sale-form-save").click()
+    await expect(page.get_by_test_id("sale-form-error")).to_have_text("The sale must end after it starts.")
+
+
+async def test_finance_pays_and_ships_an_order_and_the_page_shows_payment_shipment_and_timeline(page, gw, tmp_path):
+    await gw.set_stock("SKU-1", {"W1": 10})
+    body = order_body("web-e2e-pay", "u-1", [{"sku": "SKU-1", "qty": 2, "unit_price": 1250}], currency="EUR")
+    assert (await gw.post("/v1/orders", body)).status == 201
+    await sign_in(page, "k-pay")
+    await page.get_by_test_id("lookup-order-id").fill("web-e2e-pay")
+    await page.get_by_test_id("lookup-open").click()
+    await expect(page.get_by_test_id("order-total")).to_have_text("€25.00")
+    await page.get_by_test_id("action-pay").click()
+    dialog = page.get_by_test_id("confirm-dialog")
+    await expect(dialog.get_by_test_id("field-amount")).to_have_value("2500")  # the order's total
+    await dialog.get_by_test_id("field-payment-id").fill("psp-778")
+    await dialog.get_by_test_id("confirm-ok").click()
+    await expect(page.get_by_test_id("order-status")).to_have_text("paid")
+    await expect(page.get_by_test_id("order-payment")).to_have_text("psp-778")
+    await page.get_by_test_id("action-ship").click()
+    await dialog.get_by_test_id("field-carrier").fill("DHL")
+    await dialog.get_by_test_id("field-tracking").fill("JD0146")
+    await dialog.get_by_test_id("confirm-ok").click()
+    await expect(page.get_by_test_id("order-status")).to_have_text("shipped")
+    await expect(page.get_by_test_id("order-carrier")).to_have_text("DHL")
+    await expect(page.get_by_test_id("order-tracking")).to_have_text("JD0146")
+    await expect(page.get_by_test_id("action-complete")).to_be_visible()
+    await expect(page.get_by_test_id("action-pay")).to_have_count(0)
+    # the timeline reads PostgreSQL: the page looks again until the writer has stored the new event
+    await expect(page.get_by_test_id("order-events").locator("li")).to_have_count(3)
+    await expect(page.get_by_test_id("event-3")).to_contain_text("shipped")
+    await shot(page, tmp_path, "console-order-shipped")

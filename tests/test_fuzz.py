@@ -10,7 +10,9 @@ rules out, and a 401 once the credentials are taken away. The schemathesis calls
 blocking, so they run in a thread while the gateway serves on the test's event loop.
 
 ``FUZZ_EXAMPLES`` sets the examples per operation (``make fuzz`` raises it); the default
-keeps ``make test`` at about a thousand cases.
+keeps ``make test`` at about a thousand cases. Operations answering ``text/event-stream``
+(``GET /v1/stats/stream``) are left out: a valid case opens a stream that never ends, so no
+call would return; tests/test_live.py sends them valid, hostile and unauthorised requests.
 """
 
 from __future__ import annotations
@@ -82,6 +84,17 @@ async def seed(gw) -> None:
     await gw.caught_up()  # lists and the event feed read PostgreSQL
 
 
+def without_streams(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` without its event-stream operations."""
+    paths = {}
+    for path, item in doc["paths"].items():
+        kept = {method: op for method, op in item.items()
+                if "text/event-stream" not in op["responses"].get("200", {}).get("content", {})}
+        if kept:
+            paths[path] = kept
+    return {**doc, "paths": paths}
+
+
 def strategy(operation: Any) -> st.SearchStrategy:
     """Valid and invalid cases, the document's examples, and valid cases aimed at each existing object of a path
     parameter."""
@@ -133,6 +146,8 @@ async def test_every_answer_of_every_operation_conforms_to_the_document(gw):
     await seed(gw)
     doc = await (await gw.client.get("/openapi.json")).json()
     base_url = str(gw.client.make_url("")).rstrip("/")
-    run = await asyncio.to_thread(fuzz, doc, base_url)
+    streams = without_streams(doc)
+    assert set(doc["paths"]) - set(streams["paths"]) == {"/v1/stats/stream"}
+    run = await asyncio.to_thread(fuzz, streams, base_url)
     assert not run.failures, "\n\n".join(f"== {label}\n{text}" for label, text in run.failures.items())
     assert run.cases >= 1000 or EXAMPLES < 45, run.cases

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +57,12 @@ def test_make_run_from_fresh_clone_serves_ready_and_stops_cleanly(tmp_path):
         assert status == 200, (tmp_path / "run.log").read_text()[-3000:]
         assert b'"ready":true' in body
         assert (clone / ".data" / "valkey").is_dir() and (clone / ".data" / "pg").is_dir()
+        status, page = get(f"http://127.0.0.1:{port}/console")
+        assert status == 200
+        if shutil.which("npm"):  # make run built the console first; without npm /console says how to build
+            assert b'<div id="app">' in page and (clone / "console" / "dist" / "index.html").is_file()
+        else:
+            assert b"make console" in page
     finally:
         with contextlib.suppress(ProcessLookupError):  # make already exited: let the assertion above show why
             os.killpg(proc.pid, signal.SIGINT)

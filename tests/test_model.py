@@ -122,6 +122,8 @@ class Order:
     status: str = "pending_payment"
     reason: str | None = None
     payment_id: str | None = None
+    shipment: dict[str, Any] | None = None  # the ship event's data
+    refund: dict[str, Any] | None = None  # the data of the event that started the refund
     events: int = 1
     counts: bool = True  # its units count against the user's sale limit
 
@@ -200,8 +202,14 @@ class GatewayMachine(RuleBasedStateMachine):
         return sum(q for o in self.orders.values() if o.spec.sale and o.counts and o.spec.user == user
                    for _, q in o.spec.lines)
 
-    def view(self, o: Order) -> dict[str, Any]:
-        return {**o.view, "status": o.status}
+    def view(self, o: Order, *, submit: bool = False) -> dict[str, Any]:
+        """The order as the gateway answers it; a read or transition adds what happened since
+        the submit, a submit (a replay) answers without it."""
+        base = {**o.view, "status": o.status}
+        if submit:
+            return base
+        return {**base, "total": o.spec.total, "payment_id": o.payment_id, "cancel_reason": o.reason,
+                "shipment": o.shipment, "refund": o.refund}
 
     def spec(self, user: str, lines: list[tuple[str, int]], *, sale: bool, priced: bool, via: str) -> Spec:
         user_id = self.users[user]
@@ -366,7 +374,7 @@ class GatewayMachine(RuleBasedStateMachine):
         before = self.availability()
         answers = await asyncio.gather(*(self.request("POST", "/v1/orders", s.body, s.headers) for s in sends))
         if replay:
-            assert answers[-1] == (200, self.view(replay)), answers[-1]
+            assert answers[-1] == (200, self.view(replay, submit=True)), answers[-1]
         results = list(answers[:len(specs)])
         if duplicate:
             (s1, a1), (s2, a2) = results[0], answers[len(specs)]
@@ -408,7 +416,7 @@ class GatewayMachine(RuleBasedStateMachine):
             return
         status, answer = await self.request("POST", "/v1/orders", o.spec.body,
                                             o.spec.headers if how == "same" else auth("k-web"))
-        assert (status, answer) == (200, self.view(o)), (status, answer)
+        assert (status, answer) == (200, self.view(o, submit=True)), (status, answer)
 
     # --- transitions -------------------------------------------------------------------------
 
@@ -428,6 +436,10 @@ class GatewayMachine(RuleBasedStateMachine):
             target, effect = move
             assert status == 200 and answer["status"] == target, (action, o.status, status, answer)
             self.move(o, target, effect, reason)
+            if action == "ship":
+                o.shipment = body
+            if target == "refunding":
+                o.refund = body
             assert answer == self.view(o), answer
 
     async def payment(self, o: Order, amount: str, pid: str) -> None:

@@ -23,11 +23,12 @@ from gateway.coalescer import Coalescer
 from gateway.config import Settings
 from gateway.expirer import Expirer
 from gateway.inventory import WarehouseCache
+from gateway.livestats import Streams
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
 from gateway.soldout import SoldOut
 from gateway.web import appkeys as K
-from gateway.web import urls
+from gateway.web import live, urls
 from gateway.web.auth import Authenticator
 from gateway.writer import Writer
 
@@ -153,6 +154,8 @@ def create_app(settings: Settings) -> web.Application:
     app[K.SETTINGS] = settings
     app[K.AUTH] = Authenticator(settings.api_keys, settings.jwt_secret)
     app[K.EXPORTS] = asyncio.Semaphore(settings.max_exports)
+    app[K.LIVE] = Streams()
+    app.on_shutdown.append(live.end_streams)  # before the handlers are awaited and the pools close
     app.cleanup_ctx.extend([redis_ctx, pg_ctx, engine_ctx, webhooks_ctx])
     urls.setup(app)
     if settings.dev_credentials:

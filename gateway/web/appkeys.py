@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.coalescer import Coalescer
 from gateway.config import Settings
 from gateway.inventory import WarehouseCache
+from gateway.livestats import Streams
 from gateway.metrics import Publisher
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
@@ -35,3 +36,4 @@ SALES = web.AppKey("sales", SaleCache)
 WEBHOOKS: web.AppKey[Sender] = web.AppKey("webhooks")
 PUBLISHER = web.AppKey("publisher", Publisher)
 EXPORTS = web.AppKey("exports", asyncio.Semaphore)  # CSV exports running: each holds a pool connection
+LIVE = web.AppKey("live", Streams)  # the open /v1/stats/stream streams

@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import functools
 import re
+from collections.abc import Collection
 from typing import Annotated, Any
 
 import msgspec
@@ -46,9 +47,14 @@ def param_names(query_type: type) -> frozenset[str]:
 
 
 def only_params(q: Any, query_type: type) -> None:
-    """422 ``unknown_parameter`` for a parameter ``query_type`` does not name: a misspelt filter
-    must not widen a list or an export to everything."""
-    unknown = sorted(set(q) - param_names(query_type))
+    """``known_params`` with the fields of the route's query type: a misspelt filter must not
+    widen a list or an export to everything."""
+    known_params(q, param_names(query_type))
+
+
+def known_params(query: Any, allowed: Collection[str]) -> None:
+    """422 ``unknown_parameter`` for a query parameter the route does not take: a typo is not ignored."""
+    unknown = sorted(set(query) - set(allowed))
     if unknown:
         raise Invalid(f"Unknown query parameter(s): {', '.join(unknown)}", code="unknown_parameter")
 
@@ -113,3 +119,14 @@ def neutral(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
+
+
+def query_int(query: Any, name: str, default: int, lo: int, hi: int) -> int:
+    """One integer parameter within ``lo..hi``; absent or empty (``?after=``) means the default."""
+    values = query.getall(name, [])
+    if not values or values == [""]:
+        return default
+    raw = values[0]
+    if len(values) > 1 or not DIGITS.fullmatch(raw) or not lo <= int(raw) <= hi:
+        raise Invalid(f"{name} must be given once, as an integer in {lo}..{hi}", code=f"invalid_{name}")
+    return int(raw)

@@ -149,7 +149,7 @@ def operation(route: Route, refs: dict[Any, Any], query: dict[type, dict[str, An
 
 def build(routes: Sequence[Route], version: str) -> dict[str, Any]:
     """The document for ``routes``: schemas under ``#/components/schemas``, one operation per route."""
-    types: list[Any] = [S.Problem, *S.PATH_TYPES.values()]
+    types: list[Any] = [S.Problem, *S.PATH_TYPES.values(), *S.STREAMED]
     for route in routes:
         types += [t for t in (route.body, route.query, *route.ok.values()) if t is not None]
     types = list(dict.fromkeys(types))

@@ -29,6 +29,7 @@ from gateway.models import (
     OrderIn,
     PaymentIn,
     PlanIn,
+    QuarantineReplayIn,
     SaleId,
     ShipIn,
     ShipTo,
@@ -38,6 +39,7 @@ from gateway.models import (
     WarehouseIn,
     WebhookId,
     WebhookIn,
+    WebhookReplayIn,
 )
 from gateway.sales import SaleIn
 from gateway.web.docs import ASSETS
@@ -428,6 +430,106 @@ class RepairOut(Out):
     refused: list[Refused]
 
 
+class HotSku(Out):
+    sku: str
+    available: int  # in active warehouses
+    sales_per_minute: float  # over the forecast window
+    sell_out_eta: Time | None  # null when sold out
+
+
+class LiveStats(Out):
+    """The data of a ``stats`` event of ``GET /v1/stats/stream``: the gateway's figures (all HTTP
+    workers) since the event before; the first event of a stream covers the moment it opened."""
+
+    at: Time
+    seconds: float  # the time since the event before, which the counts cover
+    accepted: Count  # orders accepted in that time
+    accepted_per_s: float
+    refused: dict[str, int]  # order refusals by problem code, only codes seen in that time
+    refused_per_s: dict[str, float]
+    p50_ms: float | None  # POST /v1/orders latency in that time; null without requests
+    p99_ms: float | None
+    in_flight: Count  # orders queued or being reserved, summed over the workers
+    writer_lag: int | None  # entries no writer has read yet; null while Redis is down
+    writer_pending: int | None  # entries a writer has read and not yet committed
+    stream_length: int | None  # entries not yet written to PostgreSQL
+    hot: list[HotSku]  # the forecast window's best sellers (ranked every 5 s); empty while a store is down
+    unavailable: list[Literal["postgres", "redis"]] | UnsetType = UNSET  # the stores that failed this tick
+
+
+class StockEvent(Out):
+    """The data of a ``stock`` event of ``GET /v1/stats/stream``; its SSE id is ``id``."""
+
+    id: int  # the feed id (GET /v1/events)
+    type: Literal["inventory.low_stock", "inventory.sold_out"]
+    sku: str
+    available: int
+    at: Time
+
+
+# The data of each event a text/event-stream route sends: no route answers them as a body, so the
+# document lists them in its components (gateway/web/openapi.py) for the route's description to name.
+STREAMED = [LiveStats, StockEvent]
+
+
+class StreamQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/stats/stream``: seconds between stats events."""
+
+    interval: Annotated[float, Meta(ge=0.2, le=10)] = 1.0
+
+
+class QuarantineEntry(Out):
+    id: int
+    stream_id: str
+    type: str | None
+    order_id: str | None
+    error: str
+    quarantined_at: Time
+    fields: dict[str, str]  # the raw entry; bytes that are not UTF-8 shown as U+FFFD
+
+
+class QuarantineList(Out):
+    entries: list[QuarantineEntry]  # open entries, oldest first, the first 1000
+    count: Count  # every open entry
+
+
+class QuarantineReplayed(Out):
+    id: int
+    stream_id: str
+
+
+class QuarantineRefused(Out):
+    id: int
+    stream_id: str
+    error: str  # why PostgreSQL refused it again; the entry stays open
+
+
+class QuarantineReplay(Out):
+    replayed: list[QuarantineReplayed]
+    refused: list[QuarantineRefused]
+
+
+class Attempt(Out):
+    event_id: int
+    attempt: int  # 1 for the first try of this event
+    status: int | None  # the receiver's HTTP status; null when none came
+    error: str | None  # why none came: refused, timeout, ...
+    at: Time
+    duration_ms: int
+
+
+class AttemptList(Out):
+    attempts: list[Attempt]  # newest first
+    failing: bool  # the newest attempt got no 2xx
+    last_event_id: int  # the cursor: delivered (or passed over) through this feed id
+
+
+class AttemptQuery(Struct, forbid_unknown_fields=True):
+    """``GET /v1/webhooks/{webhook_id}/attempts``: how many of the newest attempts."""
+
+    limit: Annotated[int, Meta(ge=1, le=200)] = 50
+
+
 class Whoami(Out):
     """``GET /v1/whoami``: who the bearer is, for the console to choose what to show."""
 
@@ -518,4 +620,6 @@ EXAMPLES: dict[type, Any] = {
     PlanIn: {"items": [{"sku": "SKU-1", "qty": 3}], "ship_to": {"region": "east"}, "strategy": "region"},
     WebhookIn: {"url": "https://erp.example.com/hooks/oms", "events": ["order.paid", "order.cancelled"],
                 "secret": "whsec-0123456789abcdef"},
+    WebhookReplayIn: {"from_event_id": 1042},
+    QuarantineReplayIn: {"ids": [7, 8]},
 }

@@ -23,12 +23,27 @@ from gateway.models import (
     OrderIn,
     PaymentIn,
     PlanIn,
+    QuarantineReplayIn,
     ShipIn,
     WarehouseIn,
     WebhookIn,
+    WebhookReplayIn,
 )
 from gateway.sales import SaleIn
-from gateway.web import access, console, docs, events, exports, handlers, lists, monitoring, reconciliation, webhooks
+from gateway.web import (
+    access,
+    console,
+    docs,
+    events,
+    exports,
+    handlers,
+    health,
+    lists,
+    live,
+    monitoring,
+    reconciliation,
+    webhooks,
+)
 from gateway.web import appkeys as K
 from gateway.web import schemas as S
 from gateway.web.edge import Handler, edge, no_route
@@ -168,6 +183,34 @@ ROUTES: list[Route] = [
           "operations", OPS, ok={200: S.Reconciliation}, codes=("forbidden",)),
     Route("POST", "/v1/reconciliation/repair", reconciliation.post_repair, "Rewrite drifted Redis stock",
           "operations", ("admin",), ok={200: S.RepairOut}, codes=("forbidden", "not_ready")),
+    Route("GET", "/v1/stats/stream", live.stats_stream, "Live figures and stock alerts (server-sent events)",
+          "operations", OPS, query=S.StreamQuery, media=("text/event-stream",),
+          codes=("forbidden", "unknown_parameter", "invalid_interval", "invalid_last_event_id"),
+          description="A stream of server-sent events until the client leaves. `event: stats` at once and every "
+                      "`interval` seconds, data `#/components/schemas/LiveStats`: `{at, seconds, accepted, accepted_per_s, refused: "
+                      "{code: n}, refused_per_s, p50_ms, p99_ms, in_flight, writer_lag, writer_pending, "
+                      "stream_length, hot: [{sku, available, sales_per_minute, sell_out_eta}], unavailable?}`, "
+                      "the gateway's figures over all HTTP workers since the event before (`unavailable` names "
+                      "a store that is down: the stream goes on). `event: stock` for each `inventory.low_stock` "
+                      "or `inventory.sold_out` the feed commits after the stream opened, data `#/components/schemas/StockEvent`: "
+                      "`{id, type, sku, available, at}`, SSE id the feed id: a client sending it back as "
+                      "`Last-Event-ID` resumes after it. 503 when PostgreSQL is down and no `Last-Event-ID` "
+                      "says where to start."),
+    Route("GET", "/v1/quarantine", health.list_quarantine, "Writer entries PostgreSQL refused", "operations", OPS,
+          ok={200: S.QuarantineList}, codes=("forbidden",)),
+    Route("POST", "/v1/quarantine/replay", health.replay_quarantine, "Write quarantined entries again",
+          "operations", ("admin",), QuarantineReplayIn, body_required=False, ok={200: S.QuarantineReplay},
+          codes=("forbidden",),
+          description="After a fix: every open entry, oldest first, or those of `ids`. An entry refused again "
+                      "stays open with its new error."),
+    Route("GET", "/v1/webhooks/{webhook_id}/attempts", health.webhook_attempts, "A webhook's delivery attempts",
+          "events", ("admin",), query=S.AttemptQuery, ok={200: S.AttemptList},
+          codes=("forbidden", "invalid_webhook_id", "not_found", "unknown_parameter", "invalid_limit")),
+    Route("POST", "/v1/webhooks/{webhook_id}/replay", health.replay_webhook, "Deliver again from an event on",
+          "events", ("admin",), WebhookReplayIn, ok={200: S.Webhook},
+          codes=("forbidden", "invalid_webhook_id", "not_found", "invalid_from_event_id"),
+          description="Sets the cursor to `from_event_id` - 1 (back, or forward past a receiver's poison "
+                      "event); the sender goes on from there, even with an event in flight."),
     Route("GET", "/v1/whoami", console.whoami, "Who the bearer is", "console",
           ("user", "storefront", "ops", "payments", "admin"), ok={200: S.Whoami},
           description="The role of a service key (and a storefront key's channel) or a user token's user id; "
