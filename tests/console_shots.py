@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="console-shots-") as tmp:
         env = {**os.environ, "CONSOLE_SHOTS_DIR": tmp}
-        run = subprocess.run([sys.executable, "-m", "pytest", "tests/test_console_e2e.py", "-q", "-p", "no:cacheprovider",
+        run = subprocess.run([sys.executable, "-m", "pytest", "tests/test_console_e2e.py",
+                              "tests/test_console_e2e_ops.py", "-q", "-p", "no:cacheprovider",
                               "-p", "no:xdist", "--basetemp", str(Path(tmp) / "pytest")], cwd=ROOT, env=env)
         if run.returncode != 0:
             return run.returncode

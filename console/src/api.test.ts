@@ -1,6 +1,6 @@
 import { describe, expect, it, vi } from 'vitest'
 
-import { Api, ApiError, SseParser, problemOf, queryString, seg } from './api'
+import { Api, ApiError, problemOf, queryString, seg } from './api'
 
 function reply(status: number, body: unknown, type = 'application/json'): Response {
   const text = typeof body === 'string' ? body : JSON.stringify(body)
@@ -105,14 +105,6 @@ describe('Api', () => {
     expect(calls[0].url).toBe('/v1/exports/orders.csv?status=paid')
     expect((calls[0].init.headers as Record<string, string>).Authorization).toBe('Bearer k-ops')
   })
-
-  it('reads server-sent events with fetch', async () => {
-    const { api } = client(() => new Response('event: stats\ndata: {"a":1}\n\nevent: stock\nid: 7\ndata: {"b":2}\n\n',
-      { headers: { 'content-type': 'text/event-stream' } }))
-    const got = []
-    for await (const e of api.events('/v1/stats/stream')) got.push(e)
-    expect(got).toEqual([{ event: 'stats', data: '{"a":1}', id: undefined }, { event: 'stock', data: '{"b":2}', id: '7' }])
-  })
 })
 
 describe('problemOf', () => {
@@ -121,16 +113,5 @@ describe('problemOf', () => {
     expect(err.code).toBe('')
     expect(err.detail).toBe('')
     expect(err.plain).toBe('HTTP 422')
-  })
-})
-
-describe('SseParser', () => {
-  it('joins events split anywhere across chunks, multi-line data, comments and CRLF', () => {
-    const p = new SseParser()
-    expect(p.feed(': keep-alive\r\nevent: st')).toEqual([])
-    expect(p.feed('ats\r\ndata: line 1\r\ndata: line 2\r')).toEqual([])
-    expect(p.feed('\n\r\n')).toEqual([{ event: 'stats', data: 'line 1\nline 2', id: undefined }])
-    expect(p.feed('data:x\n\n')).toEqual([{ event: 'message', data: 'x', id: undefined }])
-    expect(p.feed('event: lonely\n\n')).toEqual([]) // no data: no event
   })
 })

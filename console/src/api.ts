@@ -139,43 +139,6 @@ export async function problemOf(resp: Response): Promise<ApiError> {
   return new ApiError(resp.status, '', text || resp.statusText || `HTTP ${resp.status}`)
 }
 
-export interface SseEvent { event: string; data: string; id?: string }
-
-/** Server-sent events from text chunks (the format of the HTML standard): feed chunks, get whole events. */
-export class SseParser {
-  private buffer = ''
-  private data: string[] = []
-  private event = ''
-  private id: string | undefined
-
-  feed(chunk: string): SseEvent[] {
-    this.buffer += chunk
-    const out: SseEvent[] = []
-    for (;;) {
-      const match = /\r\n|\r|\n/.exec(this.buffer)
-      if (!match) break
-      if (match[0] === '\r' && match.index === this.buffer.length - 1) break // maybe half of \r\n
-      const line = this.buffer.slice(0, match.index)
-      this.buffer = this.buffer.slice(match.index + match[0].length)
-      if (line === '') {
-        if (this.data.length) out.push({ event: this.event || 'message', data: this.data.join('\n'), id: this.id })
-        this.data = []
-        this.event = ''
-        continue
-      }
-      if (line.startsWith(':')) continue
-      const colon = line.indexOf(':')
-      const field = colon < 0 ? line : line.slice(0, colon)
-      let value = colon < 0 ? '' : line.slice(colon + 1)
-      if (value.startsWith(' ')) value = value.slice(1)
-      if (field === 'data') this.data.push(value)
-      else if (field === 'event') this.event = value
-      else if (field === 'id') this.id = value
-    }
-    return out
-  }
-}
-
 export interface ClientOptions {
   token: () => string | null
   fetch?: typeof fetch
@@ -246,23 +209,6 @@ export class Api {
   /** A file (a CSV export) fetched with the bearer, for the page to save as a blob. */
   async download(path: string, query?: Query): Promise<Blob> {
     return await (await this.send('GET', path, { query }, 'text/csv, */*')).blob()
-  }
-
-  /** Server-sent events read with fetch (EventSource cannot send the Authorization header). */
-  async *events(path: string, query?: Query, signal?: AbortSignal): AsyncGenerator<SseEvent> {
-    const resp = await this.send('GET', path, { query, signal }, 'text/event-stream')
-    if (!resp.body) return
-    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader()
-    const parser = new SseParser()
-    try {
-      for (;;) {
-        const { value, done } = await reader.read()
-        if (done) return
-        yield* parser.feed(value)
-      }
-    } finally {
-      reader.releaseLock()
-    }
   }
 
   // The routes the screens use.
