@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from allocator import STRATEGIES
+from gateway import redisconn
 
 DEV_ADMIN_KEY = "dev-admin-key"
 DEV_JWT_SECRET = "dev-secret"
@@ -100,12 +101,17 @@ class Settings:
         redis_url = v.get("OMS_REDIS_URL") or None
         if redis_url and not redis_url.startswith(REDIS_SCHEMES):
             raise ConfigError(f"OMS_REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}")
+        if redis_url and redisconn.is_cluster(redis_url):
+            try:
+                redisconn.seeds(redis_url)
+            except ValueError as exc:
+                raise ConfigError(f"OMS_REDIS_URL: {exc}") from None
         database_url = v.get("OMS_DATABASE_URL") or None
         if database_url and not database_url.startswith(("postgres://", "postgresql://")):
             raise ConfigError("OMS_DATABASE_URL: expected a postgresql:// URL")
         durability = v.get("OMS_DURABILITY", "fsync")
-        if durability not in ("fsync", "async"):
-            raise ConfigError(f"OMS_DURABILITY: expected fsync or async, got {durability!r}")
+        if durability not in ("fsync", "async", "replicated"):
+            raise ConfigError(f"OMS_DURABILITY: expected fsync, async or replicated, got {durability!r}")
         api_keys = _parse_api_keys(v.get("OMS_API_KEYS", ""))
         jwt_secret = v.get("OMS_JWT_SECRET", "")
         dev = False

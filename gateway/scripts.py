@@ -33,8 +33,9 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, replicas: int = 0) -> None:
         self.redis = redis
+        self.replicas = replicas  # how many replicas must have a write in their AOF too (OMS_DURABILITY=replicated)
         self.sources = {name: source(name) for name in NAMES}
         self.shas: dict[str, str] = {}
         self._timings = {name: metrics.spread(metrics.SCRIPT_DURATION, name) for name in NAMES}
@@ -79,14 +80,15 @@ class Scripts:
             # command itself is routed by its keys' slot like any other
             pipe.execute_command("EVALSHA", self.shas[name], len(keys), *keys, *args)
         if wait_aof:  # on the connection that sent the calls: WAITAOF covers that connection's writes
-            pipe.execute_command("WAITAOF", 1, 0, 1000, **route(self.redis, calls[-1][0][0]))
+            pipe.execute_command("WAITAOF", 1, self.replicas, 1000, **route(self.redis, calls[-1][0][0]))
         started = time.perf_counter()
         replies = await self._redis_call(pipe.execute(raise_on_error=False))
         self._timings[name].observe(time.perf_counter() - started)
         if wait_aof:
             acked = replies.pop()
-            if isinstance(acked, Exception) or int(acked[0]) < 1:
-                raise BackendDown("Redis did not confirm the append-only file was synced", backend="redis")
+            if isinstance(acked, Exception) or int(acked[0]) < 1 or int(acked[1]) < self.replicas:
+                raise BackendDown("Redis did not confirm the append-only file was synced"
+                                  + (" on a replica" if self.replicas else ""), backend="redis")
         for reply in replies:
             fault = unavailable(reply) if isinstance(reply, Exception) else None
             if fault is not None:

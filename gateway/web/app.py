@@ -41,7 +41,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     client = redisconn.connect(settings.redis_url, max_connections=64, socket_timeout=10,
                                socket_connect_timeout=5)
     app[K.REDIS] = client
-    scripts = Scripts(client)
+    scripts = Scripts(client, replicas=1 if settings.durability == "replicated" else 0)
     await scripts.load()
     app[K.SCRIPTS] = scripts
     yield
