@@ -562,15 +562,9 @@ class Readiness(Out):
     workers: dict[str, Workers] | UnsetType = UNSET  # under serve only
 
 
-class OrderQuery(Struct, forbid_unknown_fields=True):
-    """``GET /v1/orders``: filters, a time range on ``created_at`` and the page."""
+class OrderQuery(OrderExportQuery, forbid_unknown_fields=True):
+    """``GET /v1/orders``: the export's filters and time range on ``created_at``, and the page."""
 
-    user_id: UserId | UnsetType = UNSET
-    status: Status | UnsetType = UNSET
-    channel: Channel | UnsetType = UNSET
-    sale_id: SaleId | UnsetType = UNSET
-    from_: dt.datetime | UnsetType = field(default=UNSET, name="from")
-    to: dt.datetime | UnsetType = UNSET
     limit: Annotated[int, Meta(ge=1, le=200)] = 50
     cursor: Annotated[str, Meta(min_length=1, max_length=200)] | UnsetType = UNSET
 
