@@ -36,6 +36,9 @@ class Scripts:
     def __init__(self, redis: aioredis.Redis, replicas: int = 0) -> None:
         self.redis = redis
         self.replicas = replicas  # how many replicas must have a write in their AOF too (OMS_DURABILITY=replicated)
+        # A replica may report its fsync only with its next periodic ack (once a second): a
+        # replicated WAITAOF is given time for it, a local one needs none.
+        self.wait_ms = 3000 if replicas else 1000
         self.sources = {name: source(name) for name in NAMES}
         self.shas: dict[str, str] = {}
         self._timings = {name: metrics.spread(metrics.SCRIPT_DURATION, name) for name in NAMES}
@@ -80,7 +83,7 @@ class Scripts:
             # command itself is routed by its keys' slot like any other
             pipe.execute_command("EVALSHA", self.shas[name], len(keys), *keys, *args)
         if wait_aof:  # on the connection that sent the calls: WAITAOF covers that connection's writes
-            pipe.execute_command("WAITAOF", 1, self.replicas, 1000, **route(self.redis, calls[-1][0][0]))
+            pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_ms, **route(self.redis, calls[-1][0][0]))
         started = time.perf_counter()
         replies = await self._redis_call(pipe.execute(raise_on_error=False))
         self._timings[name].observe(time.perf_counter() - started)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 
@@ -21,7 +23,9 @@ from gateway import keys, redisconn
 from gateway.config import ConfigError, Settings
 from gateway.ops.embedded import EmbeddedValkeyCluster
 from gateway.web import appkeys as K
-from tests.conftest import GatewayFactory, auth, order_body
+from tests.conftest import ADMIN, GatewayFactory, auth, order_body
+from tests.test_make_run import free_port
+from tests.test_supervisor import kill_serve, serve_env, start_serve
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,33 @@ async def test_scripts_are_on_every_primary_and_loaded_again_after_a_flush(on_cl
     await gw.caught_up()
 
 
+async def test_serve_on_the_cluster_takes_orders_writes_them_and_stops_cleanly(cluster, backends, pg, tmp_path):
+    """``python -m gateway serve`` with a cluster URL: two HTTP workers and the writer process."""
+    client = redisconn.connect(cluster.url)
+    await client.flushall()
+    await client.aclose()
+    env = serve_env(backends, free_port(), tmp_path) | {"OMS_REDIS_URL": cluster.url, "OMS_DURABILITY": "replicated"}
+    proc, base = await start_serve(env, tmp_path / "serve.log")
+    try:
+        async with aiohttp.ClientSession(headers=ADMIN) as http:
+            async with http.put(base + "/v1/inventory/SKU-1", json={"warehouses": {"W1": 3}}) as resp:
+                assert resp.status == 200, await resp.text()
+            answers = []
+            for n in range(5):
+                async with http.post(base + "/v1/orders", json=order_body(f"s-{n}")) as resp:
+                    answers.append(resp.status)
+            assert answers == [201, 201, 201, 409, 409]
+        async with asyncio.timeout(30):
+            while await pg.fetchval("SELECT count(*) FROM orders") < 3:
+                await asyncio.sleep(0.1)  # another process writes: polled
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+    finally:
+        kill_serve(proc)
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+# last in the file: it leaves the cluster failed over
 async def test_a_primary_killed_under_load_loses_no_acknowledged_order_and_oversells_nothing(on_cluster, cluster, pg):
     gw = await on_cluster(durability="replicated")
     stock = 300

@@ -219,7 +219,7 @@ class EmbeddedValkeyCluster:
     """
 
     def __init__(self, data_dir: Path, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 2000,
-                 appendfsync: str = "everysec") -> None:
+                 appendfsync: str = "always") -> None:
         self.dir = data_dir.resolve()
         self.primaries = primaries
         self.replicas = replicas
@@ -250,6 +250,7 @@ class EmbeddedValkeyCluster:
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
         self.wait_ok(timeout)
+        self.wait_synced(timeout)
         log.info("embedded Valkey Cluster: %d primaries, %d replicas each, on %s", self.primaries, self.replicas,
                  self.url)
         return self.url
@@ -309,6 +310,27 @@ class EmbeddedValkeyCluster:
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the cluster was not ok within {timeout}s")
+                time.sleep(0.05)
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Until every replica is linked to its primary and done rewriting its append-only file
+        after the first sync: before that it cannot confirm a WAITAOF (OMS_DURABILITY=replicated)."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        for port in self.procs:
+            while True:
+                try:
+                    with contextlib.closing(self._client(port)) as r:
+                        info = {**r.info("replication"), **r.info("persistence")}
+                    if info.get("role") == "master" or (
+                            info.get("master_link_status") == "up" and not info.get("aof_rewrite_in_progress")
+                            and not info.get("aof_rewrite_scheduled")):
+                        break
+                except (redis.RedisError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster replica {port} did not sync within {timeout}s")
                 time.sleep(0.05)
 
     def primary_ports(self) -> list[int]:
