@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -239,12 +239,7 @@ class EmbeddedValkeyCluster:
         self.ports = _free_cluster_ports(self.primaries * (1 + self.replicas))
         for port in self.ports:
             self.start_node(port)
-        deadline = time.monotonic() + timeout
-        while not all(self._ping(p) for p in self.ports):
-            self._check_running()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster's nodes did not start in {timeout}s; see {self.dir}/node-*/valkey.log")
-            time.sleep(0.05)
+        self._until(lambda r: bool(r.ping()), "answering", timeout)
         subprocess.run(
             [str(exe.with_name("valkey-cli")), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -271,67 +266,51 @@ class EmbeddedValkeyCluster:
              "--logfile", str(node / "valkey.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
-    def _check_running(self) -> None:
-        for port, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"cluster node {port} exited; see {self.dir / f'node-{port}' / 'valkey.log'}")
-
     def _client(self, port: int) -> Any:
         import redis
 
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
 
-    def _ping(self, port: int) -> bool:
-        import redis
-
-        try:
-            with contextlib.closing(self._client(port)) as r:
-                return bool(r.ping())
-        except (redis.RedisError, OSError):
-            return False
-
-    def info(self, port: int) -> dict[str, str]:
-        with contextlib.closing(self._client(port)) as r:
-            text = r.execute_command("CLUSTER", "INFO")
-        text = text.decode() if isinstance(text, bytes) else text
-        return dict(line.split(":", 1) for line in text.split() if ":" in line)
-
-    def wait_ok(self, timeout: float = 30.0, ports: list[int] | None = None) -> None:
-        """Until every running node (or those of ``ports``) says the cluster is ok: all slots served."""
+    def _until(self, check: Callable[[Any], bool], what: str, timeout: float) -> None:
+        """Poll every running node until ``check(client)`` holds on it; a node that does not
+        answer yet has not passed, one that exited is an error. Nodes are other processes:
+        their state can only be polled."""
         import redis
 
         deadline = time.monotonic() + timeout
-        for port in ports or [p for p in self.ports if p in self.procs]:
+        for port in list(self.procs):
             while True:
+                if self.procs[port].poll() is not None:
+                    raise RuntimeError(f"cluster node {port} exited; see {self.dir / f'node-{port}' / 'valkey.log'}")
                 try:
-                    if self.info(port).get("cluster_state") == "ok":
-                        break
+                    with contextlib.closing(self._client(port)) as r:
+                        if check(r):
+                            break
                 except (redis.RedisError, OSError):
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the cluster was not ok within {timeout}s")
+                    raise RuntimeError(f"cluster node {port} not {what} within {timeout}s; see {self.dir}/node-*/valkey.log")
                 time.sleep(0.05)
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node says the cluster is ok: all slots served."""
+        def ok(r: Any) -> bool:
+            text = r.execute_command("CLUSTER", "INFO")
+            return "cluster_state:ok" in (text.decode() if isinstance(text, bytes) else text)
+
+        self._until(ok, "ok", timeout)
 
     def wait_synced(self, timeout: float = 30.0) -> None:
         """Until every replica is linked to its primary and done rewriting its append-only file
         after the first sync: before that it cannot confirm a WAITAOF (OMS_DURABILITY=replicated)."""
-        import redis
 
-        deadline = time.monotonic() + timeout
-        for port in self.procs:
-            while True:
-                try:
-                    with contextlib.closing(self._client(port)) as r:
-                        info = {**r.info("replication"), **r.info("persistence")}
-                    if info.get("role") == "master" or (
-                            info.get("master_link_status") == "up" and not info.get("aof_rewrite_in_progress")
-                            and not info.get("aof_rewrite_scheduled")):
-                        break
-                except (redis.RedisError, OSError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"cluster replica {port} did not sync within {timeout}s")
-                time.sleep(0.05)
+        def synced(r: Any) -> bool:
+            info = {**r.info("replication"), **r.info("persistence")}
+            return info.get("role") == "master" or (
+                info.get("master_link_status") == "up" and not info.get("aof_rewrite_in_progress")
+                and not info.get("aof_rewrite_scheduled"))
+
+        self._until(synced, "synced", timeout)
 
     def primary_ports(self) -> list[int]:
         """The ports of the nodes that are primaries now (a failover changes them)."""
