@@ -22,29 +22,32 @@ def is_cluster(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEME)
 
 
+def _nodes(url: str) -> list[Any]:
+    """Each ``host:port`` of a cluster URL, split as a URL's network location."""
+    rest = url[len(CLUSTER_SCHEME):].split("/", 1)[0].split("?", 1)[0]
+    return [urlsplit("//" + part) for part in rest.split(",")]
+
+
 def seeds(url: str) -> list[tuple[str, int]]:
     """The (host, port) seed nodes of a cluster URL; ValueError when one is malformed."""
-    rest = url[len(CLUSTER_SCHEME):].split("/", 1)[0].split("?", 1)[0]
     nodes = []
-    for part in rest.split(","):
-        parsed = urlsplit("//" + part)
+    for parsed in _nodes(url):
         if not parsed.hostname or parsed.port is None:
-            raise ValueError(f"a cluster node must be host:port, not {part!r}")
+            shown = parsed.netloc.rpartition("@")[2]  # never the password
+            raise ValueError(f"a cluster node must be host:port, not {shown!r}")
         nodes.append((parsed.hostname, parsed.port))
     return nodes
 
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
-    """A client for ``url``; ``options`` are redis-py's (timeouts, pool size).
+    """A client for ``url``; ``options`` are redis-py's (timeouts, pool size: per node in a cluster).
 
     Typed as the one-server client: RedisCluster offers the same commands the gateway uses.
     """
     if not is_cluster(url):
         return aioredis.from_url(url, **options)
-    first = urlsplit("//" + url[len(CLUSTER_SCHEME):].split(",", 1)[0])
+    first = _nodes(url)[0]
     auth = {k: unquote(v) for k, v in (("username", first.username), ("password", first.password)) if v}
-    options.pop("max_connections", None)  # per node in a cluster: its own default
-    options.pop("health_check_interval", None)
     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds(url)], **auth, **options)  # type: ignore[return-value]
 
 

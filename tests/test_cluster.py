@@ -61,6 +61,9 @@ def test_a_cluster_url_names_its_seed_nodes_and_a_malformed_one_stops_start_up()
     for bad in ("redis+cluster://", "redis+cluster://host-without-port", "redis+cluster://h:1,,h:2"):
         with pytest.raises(ConfigError, match="OMS_REDIS_URL"):
             Settings.from_env({**base, "OMS_REDIS_URL": bad})
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({**base, "OMS_REDIS_URL": "redis+cluster://oms:hunter2@host-without-port"})
+    assert "hunter2" not in str(refused.value)  # the message names the node, never its password
 
 
 async def test_scripts_are_on_every_primary_and_loaded_again_after_a_flush(on_cluster, cluster):
