@@ -36,13 +36,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey
     nodes.stop()
 
 
-@pytest.fixture
-async def on_cluster(cluster: EmbeddedValkeyCluster, make_gateway: GatewayFactory,
-                     pg: Any) -> AsyncIterator[Any]:
-    """A gateway factory on the cluster, flushed first (the suite's own Redis is another server)."""
+async def flushed(cluster: EmbeddedValkeyCluster) -> None:
+    """Every primary emptied: the suite's own Redis fixture flushes another server."""
     client = redisconn.connect(cluster.url)
     await client.flushall()
     await client.aclose()
+
+
+@pytest.fixture
+async def on_cluster(cluster: EmbeddedValkeyCluster, make_gateway: GatewayFactory,
+                     pg: Any) -> AsyncIterator[Any]:
+    """A gateway factory on the cluster, flushed first."""
+    await flushed(cluster)
 
     async def make(**overrides: Any) -> Any:
         return await make_gateway(redis_url=cluster.url, **overrides)
@@ -82,9 +87,7 @@ async def test_scripts_are_on_every_primary_and_loaded_again_after_a_flush(on_cl
 
 async def test_serve_on_the_cluster_takes_orders_writes_them_and_stops_cleanly(cluster, backends, pg, tmp_path):
     """``python -m gateway serve`` with a cluster URL: two HTTP workers and the writer process."""
-    client = redisconn.connect(cluster.url)
-    await client.flushall()
-    await client.aclose()
+    await flushed(cluster)
     env = serve_env(backends, free_port(), tmp_path) | {"OMS_REDIS_URL": cluster.url, "OMS_DURABILITY": "replicated"}
     proc, base = await start_serve(env, tmp_path / "serve.log")
     try:
