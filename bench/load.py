@@ -19,6 +19,7 @@ import re
 import resource
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -327,11 +328,25 @@ async def schedule(conns: list[Connection], rate: float, seconds: float, prefix:
 async def open_loop_procs(base_url: str, rate: float, seconds: float, prefix: str, procs: int = 2,
                           connections: int = 3000, on_ready: Callable[[], None] | None = None) -> dict[str, Any]:
     """The open loop split over ``procs`` generator processes, each at ``rate / procs`` over its own
-    ``connections``. Once every child has connected, ``on_ready()`` runs and they start together."""
-    children = [await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.load", base_url, str(rate / procs), str(seconds), f"{prefix}-p{n}",
-        "--connections", str(connections), cwd=Path(__file__).resolve().parent.parent,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE) for n in range(procs)]
+    ``connections``. Once every child has connected, ``on_ready()`` runs and they start together.
+
+    Each child writes its samples to a file, not its stdout: read through uvloop's subprocess
+    pipe, a large sample set once arrived cut after its first 64 KiB (a CI run), and the JSON broke."""
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        outs = [Path(tmp) / f"samples-{n}.json" for n in range(procs)]
+        children = [await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.load", base_url, str(rate / procs), str(seconds), f"{prefix}-p{n}",
+            "--connections", str(connections), "--out", str(out), cwd=Path(__file__).resolve().parent.parent,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE) for n, out in enumerate(outs)]
+        await _run_children(children, on_ready)
+        samples = Samples()
+        for out in outs:
+            samples.merge(Samples.from_json(out.read_text()))
+    return {**samples.summary(rate, seconds), "processes": procs, "generator_cpu_s": samples.cpu_s}
+
+
+async def _run_children(children: list[asyncio.subprocess.Process], on_ready: Callable[[], None] | None) -> None:
+    """Wait for every child's ``ready``, start them together, and wait for each to exit cleanly."""
     try:
         for child in children:
             assert child.stdout is not None
@@ -340,18 +355,15 @@ async def open_loop_procs(base_url: str, rate: float, seconds: float, prefix: st
         if on_ready:
             on_ready()
         start_at = f"{time.time() + 0.05}\n".encode()
-        outputs = await asyncio.gather(*(child.communicate(start_at) for child in children))
+        await asyncio.gather(*(child.communicate(start_at) for child in children))
     finally:
         for child in children:
             if child.returncode is None:
                 child.kill()
                 await child.wait()
-    samples = Samples()
-    for child, (out, _) in zip(children, outputs, strict=True):
+    for child in children:
         if child.returncode != 0:
             raise RuntimeError(f"open-loop generator exited with {child.returncode}")
-        samples.merge(Samples.from_json(out.decode()))
-    return {**samples.summary(rate, seconds), "processes": procs, "generator_cpu_s": samples.cpu_s}
 
 
 async def child(args: argparse.Namespace) -> Samples:
@@ -372,9 +384,14 @@ def main() -> None:
     parser.add_argument("seconds", type=float)
     parser.add_argument("prefix")
     parser.add_argument("--connections", type=int, default=1024)
+    parser.add_argument("--out", type=Path, help="write the samples here instead of to stdout")
     args = parser.parse_args()
     raise_fd_limit()
-    print(uvloop.run(child(args)).to_json())
+    text = uvloop.run(child(args)).to_json()
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
 
 
 if __name__ == "__main__":
