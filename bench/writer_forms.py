@@ -49,7 +49,8 @@ async def copy_form(conn: asyncpg.Connection, rows: Rows) -> None:
         await conn.copy_records_to_table("s_items", records=rows.items)
         await conn.copy_records_to_table("s_allocs", records=rows.allocs)
         await conn.execute(
-            "INSERT INTO orders SELECT * FROM s_orders ON CONFLICT (order_id) DO NOTHING;"
+            "INSERT INTO orders SELECT * FROM s_orders s"
+            " WHERE NOT EXISTS (SELECT 1 FROM orders x WHERE x.order_id = s.order_id) ON CONFLICT DO NOTHING;"
             "INSERT INTO order_items SELECT * FROM s_items ON CONFLICT DO NOTHING;"
             "INSERT INTO allocations SELECT * FROM s_allocs ON CONFLICT DO NOTHING")
         await rows._append_events(conn)

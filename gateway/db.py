@@ -10,6 +10,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x6F6D73  # advisory lock id: one migrator at a time across processes
+EVENTS_LOCK = 0x6F6D7366  # advisory lock: one writer transaction at a time (gateway/writer.py)
 
 
 def migrations() -> list[tuple[int, str, str]]:

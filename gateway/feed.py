@@ -3,7 +3,7 @@
 Ids come from a bigserial, and ids of concurrent transactions can commit out of order: a
 reader that has seen 8 and asks for ``id > 8`` would never see a 7 committed a moment later.
 Every writer of ``order_events`` first takes ``pg_advisory_xact_lock(0x6F6D7366)``
-(``gateway.writer.EVENTS_LOCK``), held until its commit, so one transaction draws and
+(``gateway.db.EVENTS_LOCK``), held until its commit, so one transaction draws and
 commits its ids before the next draws any: id order is commit order, and ``id > after``
 skips nothing. The webhook sender reads the same way.
 """

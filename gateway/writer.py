@@ -29,15 +29,16 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from gateway import keys, metrics, stockwatch
+from gateway import keys, metrics, partitions, stockwatch
 from gateway.chain import GENESIS, canonical, chain_hash
+from gateway.db import EVENTS_LOCK
 from gateway.faults import log_retry
 from gateway.models import CONTROL
 from gateway.wire import parse_alloc
 
 log = logging.getLogger(__name__)
-EVENTS_LOCK = 0x6F6D7366  # advisory lock: one writer transaction at a time
 RETRY, MAX_RETRY = 0.5, 2.0  # seconds before a failed batch is tried again, doubling while it keeps failing
+PARTITIONS_EVERY = 3600.0  # seconds between checks that the coming months have their partitions
 MS = "(timestamptz 'epoch' + {} * interval '1 millisecond')"  # exact, unlike to_timestamp(ms / 1000.0)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -64,11 +65,20 @@ class OrderQuarantined(Exception):
         super().__init__(f"the order is quarantined: {', '.join(order_ids[:5])}")
 
 
+class DuplicateEvent(Exception):
+    """An order's event number is taken by another entry: an order id accepted again after its
+    idempotency record expired. No unique index can say so across the monthly partitions of
+    ``order_events`` (migration 008), so the writer checks, under the writers' lock."""
+
+    def __init__(self, order_id: str, seq: int) -> None:
+        super().__init__(f"order {order_id!r} already has event {seq} from another entry")
+
+
 # PostgreSQL refused the rows for what they hold: the same batch fails the same way every
 # time, so its entries at fault are found and set aside. Anything else (a lost connection,
 # a timeout, a restart) is retried whole.
 DATA_FAULTS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError,
-               OrderQuarantined)
+               OrderQuarantined, DuplicateEvent)
 _UNPRINTABLE = re.compile(f"[{CONTROL}]")
 
 
@@ -168,8 +178,11 @@ class Writer:
         regroup = True
         committing: asyncio.Task[None] | None = None
         failures = 0  # in a row: the pause grows while a store stays away
+        partitions_due = 0.0
         try:
             while not self._stopping:
+                if time.monotonic() >= partitions_due:
+                    partitions_due = time.monotonic() + await self._ensure_partitions()
                 try:
                     if regroup:
                         await self.ensure_group()
@@ -227,6 +240,18 @@ class Writer:
         finally:
             if committing and not committing.done():
                 committing.cancel()
+
+    async def _ensure_partitions(self) -> float:
+        """Seconds until the next check: an hour, or a minute after a failure (rows meanwhile
+        go to the default partition, so a failure here never holds up a batch)."""
+        try:
+            made = await partitions.ensure(self.pool)
+        except Exception as exc:
+            log_retry(log, exc, "writer %s: could not make the coming months' partitions; again in 60 s", self.name)
+            return 60.0
+        if made:
+            log.info("writer %s: made partitions %s", self.name, ", ".join(made))
+        return PARTITIONS_EVERY
 
     async def _hand_over(self, committing: asyncio.Task[None] | None, stream: str,
                          entries: list[Entry]) -> asyncio.Task[None]:
@@ -406,8 +431,10 @@ class Rows:
         self.events.append((stream_id, order_id, int(f["n"]), "order.accepted", created, data.decode()))
 
     async def insert(self, conn: asyncpg.Connection) -> None:
-        # One writer transaction at a time, whole: event ids then commit in chain order, and
-        # a status update never misses an order row that another writer is committing.
+        # One writer transaction at a time, whole: event ids then commit in chain order, a
+        # status update never misses an order row that another writer is committing, and the
+        # NOT EXISTS below keeps an order id unique across the monthly partitions (whose key
+        # is (order_id, created_at): migration 008).
         await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
         if self.orders:
             await conn.execute(
@@ -418,7 +445,8 @@ class Rows:
                    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                $7::text[], $8::text[], $9::bigint[], $10::bigint[])
                         AS t(o, u, ch, s, st, sh, cur, p, ru, c)
-                   ON CONFLICT (order_id) DO NOTHING""",
+                   WHERE NOT EXISTS (SELECT 1 FROM orders x WHERE x.order_id = t.o)
+                   ON CONFLICT DO NOTHING""",
                 *_columns(self.orders, 10),
             )
             await conn.execute(
@@ -499,6 +527,7 @@ class Rows:
             rows.append((sid, order_id, seq, kind, at, data, prev, digest))
             prev = digest
         if rows:
+            await _check_numbers(conn, rows)
             await conn.execute(
                 f"""INSERT INTO order_events (stream_id, order_id, seq, type, at, data, prev_hash, hash)
                     SELECT sid, o, n, t, {MS.format("a")}, d::jsonb, ph, h
@@ -507,6 +536,23 @@ class Rows:
                     ORDER BY ord""",
                 *_columns(rows, 8),
             )
+
+
+async def _check_numbers(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """DuplicateEvent when a new event's (order_id, seq) is in the batch twice or already written."""
+    pairs: set[tuple[str, int]] = set()
+    for _, order_id, seq, *_ in rows:
+        if order_id is not None:
+            if (order_id, seq) in pairs:
+                raise DuplicateEvent(order_id, seq)
+            pairs.add((order_id, seq))
+    if pairs:
+        taken = await conn.fetchrow(
+            """SELECT e.order_id, e.seq FROM order_events e
+               JOIN unnest($1::text[], $2::int[]) AS x(o, n) ON e.order_id = x.o AND e.seq = x.n LIMIT 1""",
+            *_columns(sorted(pairs), 2))
+        if taken is not None:
+            raise DuplicateEvent(taken["order_id"], taken["seq"])
 
 
 async def _finished(task: asyncio.Task[None] | None) -> None:

@@ -41,8 +41,7 @@ async def adjusted_workload(gw) -> None:
 
 
 async def table_counts(conn: asyncpg.Connection) -> dict[str, int]:
-    names = [r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-    return {n: await conn.fetchval(f'SELECT count(*) FROM "{n}"') for n in names}
+    return {n: await conn.fetchval(f'SELECT count(*) FROM "{n}"') for n in await backups.table_names(conn)}
 
 
 async def head(conn: asyncpg.Connection) -> tuple[int, str]:

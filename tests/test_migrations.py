@@ -85,7 +85,12 @@ async def test_design_tables_exist_and_orders_has_its_documented_columns(pg):
              ON k.constraint_name = c.constraint_name AND k.table_schema = c.table_schema
            WHERE c.table_schema = 'public' AND c.table_name = 'orders'
              AND c.constraint_type = 'PRIMARY KEY'""")
-    assert [r["column_name"] for r in primary_key] == ["order_id"]
+    # partitioned by month (migration 008): the key must hold created_at; order_id leads it,
+    # and the writer keeps it unique across months (tests/test_partitions.py)
+    assert [r["column_name"] for r in primary_key] == ["order_id", "created_at"]
+    kinds = {r["relname"]: r["relkind"] for r in await pg.fetch(
+        "SELECT relname, relkind::text FROM pg_class WHERE relname IN ('orders', 'order_events')")}
+    assert kinds == {"orders": "p", "order_events": "p"}
 
 
 def test_cli_migrate_applies_then_reports_nothing_to_apply(fresh_db, backends, tmp_path):
@@ -101,3 +106,49 @@ def test_cli_migrate_applies_then_reports_nothing_to_apply(fresh_db, backends, t
     assert run() == f"applied {len(db.migrations())} migration(s): {[v for v, _, _ in db.migrations()]}"
     assert run() == "applied 0 migration(s)"
     assert not (tmp_path / "data").exists()  # both URLs given: no embedded server started
+
+
+async def migrate_to(conn: asyncpg.Connection, last: int) -> None:
+    """Apply migrations up to ``last`` as ``db.migrate`` would, to stand a database at an older version."""
+    await conn.execute("CREATE TABLE schema_migrations "
+                       "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+    for version, name, sql in db.migrations():
+        if version <= last:
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+
+
+async def test_partitioning_carries_every_order_and_event_with_its_ids_and_months(fresh_db):
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        await migrate_to(conn, 7)
+        when = {"old": "2019-03-04 05:06:07+00", "last_year": "2025-11-30 23:59:59.999+00", "now": None}
+        for n, (label, at) in enumerate(when.items()):
+            created = f"timestamptz '{at}'" if at else "now()"
+            await conn.execute(
+                f"""INSERT INTO orders (order_id, user_id, channel, status, payload, created_at, updated_at,
+                                        last_seq, payment_id)
+                    VALUES ($1, 'u-1', 'web', 'paid', '{{"n": {n}}}', {created}, {created}, 2, 'pay-' || $1)""",
+                label)
+            await conn.execute(
+                f"""INSERT INTO order_events (stream_id, order_id, seq, type, at, data, prev_hash, hash)
+                    VALUES ($1 || '-0', $1, 1, 'order.accepted', {created}, '{{}}', 'p', 'h-' || $1)""", label)
+        before = {t: [tuple(r) for r in await conn.fetch(f"SELECT * FROM {t} ORDER BY 1")]
+                  for t in ("orders", "order_events")}
+
+        assert await db.migrate(conn) == [v for v, _, _ in db.migrations() if v > 7]
+
+        after = {t: [tuple(r) for r in await conn.fetch(f"SELECT * FROM {t} ORDER BY 1")]
+                 for t in ("orders", "order_events")}
+        assert after == before  # every column of every row, ids included
+        home = {r["order_id"]: r["part"] for r in await conn.fetch(
+            "SELECT order_id, tableoid::regclass::text AS part FROM orders")}
+        assert home["old"] == "orders_default"  # more than five years back: no month made for it
+        assert home["last_year"] == "orders_2025_11"  # the bounds are UTC months
+        assert home["now"] != "orders_default"
+        next_id = await conn.fetchval(
+            """INSERT INTO order_events (stream_id, type, at, data) VALUES ('x-1', 'writer.quarantined', now(), '{}')
+               RETURNING id""")
+        assert next_id > max(r[0] for r in after["order_events"])  # the sequence went on where it was
+    finally:
+        await conn.close()

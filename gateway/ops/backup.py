@@ -179,6 +179,38 @@ async def _run_tool(args: list[str], url: str, report: Report, step: str, tables
     proc = await asyncio.create_subprocess_exec(*args, "--verbose", "--no-password", f"--dbname={dbname}",
                                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.PIPE, env=env)
+    await _watch(proc, Path(args[0]).name, url, report, step, tables)
+
+
+async def _replace(restore_tool: str, psql: str, dump: Path, url: str, partitioned: list[str], report: Report,
+                   tables: int) -> None:
+    """``pg_restore --clean`` over a database that holds the dump's objects, in one transaction.
+
+    pg_restore 18 cannot drop a partition's inherited key ("cannot drop inherited constraint"),
+    so its script goes through psql after the partitioned tables, partitions and all, are
+    dropped in the same transaction: a failure still leaves the target as it was.
+    """
+    dbname, env = _tool_env(url)
+    drop = "DROP TABLE IF EXISTS " + ", ".join(_ident(t) for t in partitioned) + " CASCADE" if partitioned else ""
+    read, write = os.pipe()
+    try:
+        restore = await asyncio.create_subprocess_exec(
+            restore_tool, "--clean", "--if-exists", "--no-owner", "--no-privileges", "--verbose", "--file=-",
+            str(dump), stdin=subprocess.DEVNULL, stdout=write, stderr=subprocess.PIPE)
+        load = await asyncio.create_subprocess_exec(
+            psql, "--no-psqlrc", "--quiet", "--single-transaction", "--set=ON_ERROR_STOP=1", "--no-password",
+            *(["--command", drop] if drop else []), "--file=-", f"--dbname={dbname}",
+            stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    finally:
+        os.close(read)
+        os.close(write)
+    await asyncio.gather(_watch(restore, "pg_restore", url, report, "pg_restore", tables),
+                         _watch(load, "psql", url, lambda *_: None, "psql", 0))
+
+
+async def _watch(proc: asyncio.subprocess.Process, name: str, url: str, report: Report, step: str,
+                 tables: int) -> None:
+    """Follow a tool's --verbose lines until it exits; DrillError with its last words when it failed."""
     assert proc.stderr is not None
     done, tail = 0, []
     report(step, 0, tables)
@@ -190,8 +222,7 @@ async def _run_tool(args: list[str], url: str, report: Report, step: str, tables
         tail = [*tail[-9:], line]
     if await proc.wait():
         errors = [t for t in tail if "error" in t.lower()] or tail
-        raise DrillError(f"{Path(args[0]).name} failed (exit {proc.returncode}): "
-                         + scrub(" | ".join(errors[-3:]), url))
+        raise DrillError(f"{name} failed (exit {proc.returncode}): " + scrub(" | ".join(errors[-3:]), url))
     report(step, tables, tables)
 
 
@@ -213,10 +244,16 @@ async def _connect(url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+async def table_names(conn: asyncpg.Connection) -> list[str]:
+    """The public schema's tables; a partitioned one once, as a whole, its monthly partitions not apart."""
+    return [r["relname"] for r in await conn.fetch(
+        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname""")]
+
+
 async def _contents(conn: asyncpg.Connection, report: Report) -> tuple[dict[str, int], AuditHead, dict[str, str]]:
     """Rows per table of the public schema, the audit head and the stream offsets, in the caller's snapshot."""
-    names = [r["tablename"] for r in await conn.fetch(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")]
+    names = await table_names(conn)
     tables = {}
     for i, name in enumerate(names):
         report("row counts", i, len(names))
@@ -371,10 +408,16 @@ async def restore(directory: Path, url: str, report: Report, *, force: bool = Fa
                           "restore into a fresh one, or pass --force to replace the backup's objects")
         tool, _ = pg_tool("pg_restore", _major(manifest.dump.pg_dump))
         # one transaction: a restore that fails leaves the target as it was
-        args = [tool, "--single-transaction", "--exit-on-error", "--no-owner", "--no-privileges"]
         if present:
-            args += ["--clean", "--if-exists"]
-        await _run_tool([*args, str(dump)], url, report, "pg_restore", len(manifest.tables))
+            partitioned = [r["relname"] for r in await conn.fetch(
+                """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = 'public' AND c.relkind = 'p' AND c.relname = ANY($1::text[])""",
+                list(manifest.tables))]
+            psql, _ = pg_tool("psql", _major(manifest.dump.pg_dump))
+            await _replace(tool, psql, dump, url, partitioned, report, len(manifest.tables))
+        else:
+            await _run_tool([tool, "--single-transaction", "--exit-on-error", "--no-owner", "--no-privileges",
+                             str(dump)], url, report, "pg_restore", len(manifest.tables))
         found = await differences(conn, manifest, report)
     if found:
         raise DrillError("restored data differs from the manifest: " + "; ".join(found))

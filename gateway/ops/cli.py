@@ -1,5 +1,5 @@
-"""``python -m gateway``: serve, http, writer, migrate, audit verify, reconcile, rebuild-redis, quarantine,
-rate-limit, backup, restore, drill."""
+"""``python -m gateway``: serve, http, writer, migrate, partitions, audit verify, reconcile, rebuild-redis,
+quarantine, rate-limit, backup, restore, drill."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from aiohttp import web
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from gateway import db, quarantine, ratelimits, redisconn
+from gateway import db, partitions, quarantine, ratelimits, redisconn
 from gateway.config import ConfigError, Settings
 from gateway.errors import NotReady
 from gateway.ops import backup as backups
@@ -140,6 +140,29 @@ def migrate(settings: Settings) -> int:
         assert settings.database_url
         applied = asyncio.run(apply_migrations(settings.database_url))
         print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
+    return 0
+
+
+async def month_partitions(url: str) -> tuple[list[str], list[dict[str, object]]]:
+    pool = await db.create_pool(url, command_timeout=TOOL_TIMEOUT)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+        made = await partitions.ensure(pool)
+        async with pool.acquire() as conn:
+            return made, await partitions.listing(conn)
+    finally:
+        await pool.close()
+
+
+def partitions_command(settings: Settings) -> int:
+    """Make the coming months' partitions now (the writer does so hourly) and list them all."""
+    with backends(settings) as settings:
+        assert settings.database_url
+        made, rows = asyncio.run(month_partitions(settings.database_url))
+    for row in rows:
+        print(f"{row['parent']:<13} {row['name']:<24} ~{row['rows_estimate']:>10} rows  {row['bounds']}")
+    print(f"made {len(made)} partition(s)" + (f": {', '.join(made)}" if made else ""))
     return 0
 
 
@@ -327,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("http", help="one HTTP worker process (serve runs these)")
     sub.add_parser("writer", help="one writer process: the event stream into PostgreSQL (serve runs one)")
     sub.add_parser("migrate", help="apply pending SQL migrations")
+    sub.add_parser("partitions", help="make the coming months' partitions of orders and order_events; list them")
     audit_cmd = sub.add_parser("audit", help="check the tamper-evident event chain")
     audit_cmd.add_argument("action", choices=["verify"])
     reconcile_cmd = sub.add_parser("reconcile", help="compare Redis stock with PostgreSQL")
@@ -377,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             return restore_command(settings, args.directory, args.database_url, args.database, args.force)
         if args.command == "drill":
             return drill_command(settings, args.directory)
-        return {"serve": serve, "http": http, "writer": writer, "migrate": migrate}[args.command](settings)
+        return {"serve": serve, "http": http, "writer": writer, "migrate": migrate,
+                "partitions": partitions_command}[args.command](settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return CANNOT_START
