@@ -169,8 +169,10 @@ def markdown(results: dict[str, Any], source: str = "bench/results/latest.json")
         "What each figure is, and its limits, is in bench/README.md. In short: CPU per 1000 orders is "
         "utime + stime from /proc over the fsync closed-loop rounds, until PostgreSQL held every order, ÷ the "
         "orders accepted; a fully busy core is taken to do 1000 ÷ that many orders per second. The rounds "
-        "saturate the gateway, so its script calls carry big batches; at lower load per process batches are "
-        "smaller and each order costs more. Load generator and servers share the bench machine's cores.",
+        "keep the gateway busy, so each script call carries as many orders as are waiting; at lower load per "
+        "process each order costs more. Valkey's figure is all its process did per order: the reservation, "
+        "WAITAOF, the writer's stream reads and deletes. Load generator and servers share the bench "
+        f"machine's {results['machine']['cpus']} CPUs, so a process also waited for one, which no figure here counts.",
         "",
         "## Assumptions",
         "",
@@ -198,8 +200,8 @@ def markdown(results: dict[str, Any], source: str = "bench/results/latest.json")
         row("… as a multiple of raw COPY into one PostgreSQL", "postgres_copy_multiple", ",.1f",
             f"PostgreSQL rows/s ÷ {pg}"),
         "",
-        "Replicas are not counted: with `OMS_DURABILITY=replicated` each primary needs at least one, which "
-        "doubles the Valkey nodes without adding capacity.",
+        "Replicas are not counted: with `OMS_DURABILITY=replicated` each primary needs one or more, so "
+        "there are at least twice as many Valkey nodes as primaries, for no more capacity.",
     ]
     if "cluster" in figs:
         lines += ["", f"The cluster section measured {figs['cluster'].shown()}× the one-node rate "
