@@ -21,6 +21,7 @@ from gateway import keys, redisconn
 from gateway.ops.embedded import EmbeddedValkeyCluster
 
 PRIMARIES = 3
+REPLICAS = 0  # failover is not measured here: tests/test_cluster.py has it
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ class Cluster:
 async def started(data_dir: Path) -> AsyncIterator[Cluster]:
     """A new cluster under ``data_dir`` (0 replicas, appendfsync always, as the one-node run's
     Valkey), marked ready for the gateway; stopped when the block ends."""
-    nodes = EmbeddedValkeyCluster(data_dir, primaries=PRIMARIES, replicas=0, appendfsync="always")
+    nodes = EmbeddedValkeyCluster(data_dir, primaries=PRIMARIES, replicas=REPLICAS, appendfsync="always")
     try:
         url = await asyncio.to_thread(nodes.start)  # it polls the nodes with sleeps
         tag = keys.partition()

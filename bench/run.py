@@ -376,7 +376,7 @@ async def bench_cluster(servers: Servers, one_node_rate: float, opts: Options, w
         cpu = cpu_per_1000(rounds)
         cpu[nodes.holder] = cpu.pop("Redis")
         rate = best(rounds)
-        return {"primaries": cluster.PRIMARIES, "replicas": 0, "hash_tag": nodes.tag, "slot": nodes.slot,
+        return {"primaries": cluster.PRIMARIES, "replicas": cluster.REPLICAS, "hash_tag": nodes.tag, "slot": nodes.slot,
                 "partition_primary": nodes.holder, "appendfsync": await nodes.appendfsync(), "rounds": rounds,
                 "best_orders_per_s": rate, "one_node_orders_per_s": one_node_rate,
                 "ratio_to_one_node": rate / one_node_rate, "cpu_per_1000": cpu,

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.run import Options
 from gateway import keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,10 +116,8 @@ def _measured(results: dict[str, Any]) -> str:
 
 
 def _defaults_note(results: dict[str, Any]) -> list[str]:
-    from bench.run import Options  # here, not at the top: bench.run pulls in the servers' clients
-
     default = json.loads(json.dumps(dataclasses.asdict(Options())))  # as the results file has them
-    changed = {k: v for k, v in results["options"].items() if default.get(k) != v}
+    changed = {k: v for k, v in results["options"].items() if default.get(k) != v and k != "cluster"}  # said below
     if not changed:
         return []
     return ["", f"**Not a `make bench` default run** (options changed: {changed}): shorter or fewer rounds "
@@ -217,7 +216,7 @@ def markdown(results: dict[str, Any], source: str = "bench/results/latest.json")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="a results file of make bench (bench/results/latest.json)")
-    parser.add_argument("--write", action="store_true", help=f"write {DOCS.relative_to(ROOT)} too")
+    parser.add_argument("--write", action="store_true", help=f"write the page to {DOCS} too")
     args = parser.parse_args(argv)
     text = markdown(json.loads(args.results.read_text()), str(args.results))
     print(text, end="")

@@ -58,10 +58,12 @@ def test_every_input_shown_names_the_fields_it_came_from(results):
 
 
 def test_without_a_cluster_section_the_model_uses_the_one_node_figures(results):
-    results["cluster"] = None
+    results["cluster"], results["options"]["cluster"] = None, False  # --no-cluster
     figures = scaling.inputs(results)
     assert "cluster" not in figures and figures["http"].value == 1000 / 0.0400
-    assert "`cluster." not in figures["http"].source and "no cluster section" in scaling.markdown(results)
+    assert "`cluster." not in figures["http"].source
+    text = scaling.markdown(results)
+    assert "no cluster section" in text and "Not a `make bench` default run" not in text
 
 
 def test_a_run_without_valkey_cpu_or_with_other_options_says_so(results):
@@ -73,8 +75,11 @@ def test_a_run_without_valkey_cpu_or_with_other_options_says_so(results):
         scaling.inputs(results)
 
 
-def test_the_command_prints_the_page(results, tmp_path, capsys):
-    path = tmp_path / "latest.json"
+def test_the_command_prints_the_page_and_writes_it_when_asked(results, tmp_path, capsys, monkeypatch):
+    path, page = tmp_path / "latest.json", tmp_path / "scaling.md"
     path.write_text(json.dumps(results))
-    assert scaling.main([str(path)]) == 0
+    monkeypatch.setattr(scaling, "DOCS", page)
+    assert scaling.main([str(path)]) == 0 and not page.exists()
     assert capsys.readouterr().out == scaling.markdown(results, str(path))
+    assert scaling.main([str(path), "--write"]) == 0
+    assert page.read_text() == capsys.readouterr().out
