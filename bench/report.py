@@ -113,6 +113,24 @@ def cost_rows(results: dict[str, Any]) -> list[Row]:
     ]
 
 
+def cluster_rows(results: dict[str, Any]) -> list[Row]:
+    """The rounds on a Valkey Cluster; none when the run skipped them (--no-cluster)."""
+    c = results.get("cluster")
+    if not c:
+        return []
+    rounds = ", ".join(f"{r['orders_per_s']:,.0f}" for r in c["rounds"])
+    other = {s: n for r in c["rounds"] for s, n in r["statuses"].items() if s != 201}
+    return [
+        (f"gateway orders/s on a {c['primaries']}-primary Valkey Cluster (best of {len(c['rounds'])})",
+         f"{c['best_orders_per_s']:,.0f}",
+         f"{rounds}{'; not 201: ' + _statuses(other) if other else ''}; every key has hash tag {c['hash_tag']} "
+         f"(slot {c['slot']}): all on {c['partition_primary']}, appendfsync {c['appendfsync']}; "
+         "the cluster client's cost, not scale-out"),
+        ("cluster CPU s per 1000 orders", f"{c['gateway_cpu_per_1000']:.3f} HTTP, "
+         f"{c['partition_primary_cpu_per_1000']:.3f} Valkey", _cpu(c["cpu_per_1000"], ".3f")),
+    ]
+
+
 def ratio_rows(results: dict[str, Any]) -> list[Row]:
     """(name, value, target, met, meaning)."""
     p5 = results["P5"]
@@ -130,13 +148,18 @@ def ratio_rows(results: dict[str, Any]) -> list[Row]:
          "orders/s with fsync ÷ with async durability; Valkey appendfsync meanwhile: "
          + ", ".join(f"{mode} run {value}" for mode, value in results["appendfsync"].items())),
     ]
+    if results.get("cluster"):
+        c = results["cluster"]
+        rows.append(("cluster", f"{c['ratio_to_one_node']:.2f}", "", None,
+                     f"orders/s on the cluster ÷ on one Valkey ({c['one_node_orders_per_s']:,.0f}/s), this run; "
+                     f"all keys on one primary, so what the cluster client costs"))
     return [(n, v, t, "" if met is None else ("yes" if met else "NO"), m) for n, v, t, met, m in rows]
 
 
 def rows(results: dict[str, Any]) -> tuple[list[Row], list[Row]]:
     """The figures as (measure, value, detail) and the ratios as (name, value, target, met, meaning)."""
     figures = (throughput_rows(results) + writer_rows(results) + open_loop_rows(results)
-               + overload_rows(results) + cost_rows(results))
+               + overload_rows(results) + cost_rows(results) + cluster_rows(results))
     return figures, ratio_rows(results)
 
 

@@ -4,8 +4,9 @@ Starts embedded Valkey + PostgreSQL under a temporary directory (or uses OMS_RED
 OMS_DATABASE_URL), then runs, one after the other: bench/ceiling.py, bench/naive.py and
 ``python -m gateway serve`` with closed-loop rounds; against the gateway also a sold-out
 SKU, open loops from 25% to 300% of its best rate, OMS_DURABILITY=async, and the writer
-draining a backlog; then a raw COPY for comparison with the writer. Prints the table and
-writes bench/results/latest.{json,md,png}. bench/README.md says what each figure means.
+draining a backlog; then a raw COPY for comparison with the writer; last, the gateway's rounds
+on a Valkey Cluster (bench/cluster.py). Prints the table and writes
+bench/results/latest.{json,md,png}. bench/README.md says what each figure means.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import redis.asyncio
 import uvloop
 from rich.console import Console
 
-from bench import procs
+from bench import cluster, procs
 from bench.load import HEADERS, closed_loop, open_loop, open_loop_procs, order_body, raise_fd_limit
 from bench.report import report
 from bench.rows import Visibility, copy_rate, wait_rows, watch_drain
@@ -57,6 +58,7 @@ class Options:
     overload: float = 3.0
     overload_procs: int = 2
     overload_connections: int = 6000  # more than the gateway's in-flight limit (4096 when measured)
+    cluster: bool = True  # the closed-loop rounds again on a Valkey Cluster (--no-cluster: not)
 
 
 @dataclasses.dataclass
@@ -67,6 +69,7 @@ class Servers:
     database_url: str
     redis_pid: int | None = None
     postgres_pid: int | None = None
+    others: dict[str, int] = dataclasses.field(default_factory=dict)  # more servers' pids, by name: CPU counted
 
 
 @dataclasses.dataclass
@@ -191,7 +194,8 @@ class Gateway:
             await client.aclose()
 
     def cpu(self) -> dict[str, float | None]:
-        return procs.cpu_snapshot(self.server.pid, self.servers.redis_pid, self.servers.postgres_pid)
+        snap = procs.cpu_snapshot(self.server.pid, self.servers.redis_pid, self.servers.postgres_pid)
+        return {**snap, **{name: procs.cpu_seconds(pid) for name, pid in self.servers.others.items()}}
 
 
 @contextlib.asynccontextmanager
@@ -209,7 +213,7 @@ async def gateway(servers: Servers, workdir: Path, name: str, **env: str) -> Asy
             await conn.close()
 
 
-async def gateway_rounds(gw: Gateway, ledger: Ledger, opts: Options) -> list[dict[str, Any]]:
+async def gateway_rounds(gw: Gateway, ledger: Ledger, opts: Options, label: str = "gw") -> list[dict[str, Any]]:
     """Closed-loop rounds; around each, the CPU every process spent from the round's start until
     PostgreSQL holds the round's orders, and how long the writer took after the last answer."""
 
@@ -223,7 +227,7 @@ async def gateway_rounds(gw: Gateway, ledger: Ledger, opts: Options) -> list[dic
         result["cpu_s"] = procs.cpu_used(before, gw.cpu())
         return result
 
-    return await measure(gw.base, opts, "gw", with_writer)
+    return await measure(gw.base, opts, label, with_writer)
 
 
 def cpu_per_1000(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -360,6 +364,25 @@ async def writer_capacity(servers: Servers, ledger: Ledger, opts: Options, workd
     return {"push": push, "drain": drain}
 
 
+async def bench_cluster(servers: Servers, one_node_rate: float, opts: Options, workdir: Path) -> dict[str, Any]:
+    """The gateway's closed-loop rounds with CPU, as in bench_gateway, on a new Valkey Cluster
+    (bench/cluster.py: every key on one of its primaries) and the same PostgreSQL; orders/s
+    against ``one_node_rate``, the one-node run's best."""
+    async with cluster.started(workdir / "cluster") as nodes:
+        on = dataclasses.replace(servers, redis_url=nodes.url, redis_pid=nodes.pid, others=nodes.others())
+        async with gateway(on, workdir, "gateway-cluster") as gw:
+            await gw.put_stock("HOT", STOCK)
+            rounds = await gateway_rounds(gw, await gw.ledger(), opts, "cluster")
+        cpu = cpu_per_1000(rounds)
+        cpu[nodes.holder] = cpu.pop("Redis")
+        rate = best(rounds)
+        return {"primaries": cluster.PRIMARIES, "replicas": cluster.REPLICAS, "hash_tag": nodes.tag, "slot": nodes.slot,
+                "partition_primary": nodes.holder, "appendfsync": await nodes.appendfsync(), "rounds": rounds,
+                "best_orders_per_s": rate, "one_node_orders_per_s": one_node_rate,
+                "ratio_to_one_node": rate / one_node_rate, "cpu_per_1000": cpu,
+                "gateway_cpu_per_1000": cpu["gateway"], "partition_primary_cpu_per_1000": cpu[nodes.holder]}
+
+
 async def run_bench(servers: Servers, opts: Options, workdir: Path) -> dict[str, Any]:
     """Run every measurement against the given servers; return the results (see bench.report)."""
     py, run_id = sys.executable, f"r{time.time_ns():x}"
@@ -378,13 +401,14 @@ async def run_bench(servers: Servers, opts: Options, workdir: Path) -> dict[str,
     durable = await bench_async(servers, gw["ledger"], opts, workdir)
     writer = await writer_capacity(servers, gw["ledger"], opts, workdir, run_id)
     copy = await copy_rate(servers.database_url, writer["drain"]["rows"])
-    return summarize(opts, ceiling, naive, gw, floor, durable, writer, copy)
+    clustered = await bench_cluster(servers, best(gw["rounds"]), opts, workdir) if opts.cluster else None
+    return summarize(opts, ceiling, naive, gw, floor, durable, writer, copy, clustered)
 
 
 def summarize(opts: Options, ceiling: list[dict[str, Any]], naive: list[dict[str, Any]], gw: dict[str, Any],
               floor: dict[str, Any], durable: dict[str, Any], writer: dict[str, Any],
-              copy: dict[str, Any]) -> dict[str, Any]:
-    """The results document: every round, every figure, P1..P7."""
+              copy: dict[str, Any], clustered: dict[str, Any] | None) -> dict[str, Any]:
+    """The results document: every round, every figure, P1..P7; ``cluster`` None when skipped."""
     rates = {"ceiling": best(ceiling), "naive": best(naive), "gateway": best(gw["rounds"]),
              "gateway_async": best(durable["rounds"])}
     curve, over = gw["curve"], gw["overload"]
@@ -402,6 +426,7 @@ def summarize(opts: Options, ceiling: list[dict[str, Any]], naive: list[dict[str
         "sold_out": gw["sold_out"],
         "writer": writer,
         "copy": copy,
+        "cluster": clustered,
         "P1": rates["gateway"] / rates["ceiling"],
         "P2": rates["gateway"] / rates["naive"],
         "P3": writer["drain"]["rows_per_s"] / copy["rows_per_s"],
@@ -442,8 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 1 s warm-up, 2 s open loops")
     parser.add_argument("--seconds", type=int, help="seconds per closed-loop round (default 5)")
     parser.add_argument("--rounds", type=int, help="closed-loop rounds per target (default 2)")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the rounds on a Valkey Cluster")
     args = parser.parse_args(argv)
     opts = Options(seconds=2, rounds=1, warmup=1, open_seconds=2) if args.quick else Options()
+    opts.cluster = not args.no_cluster
     opts.seconds = args.seconds or opts.seconds
     opts.rounds = args.rounds or opts.rounds
     opts.open_seconds = min(opts.open_seconds, opts.seconds)

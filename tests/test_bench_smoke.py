@@ -16,12 +16,14 @@ import time
 import asyncpg
 import pytest
 from aiohttp import ClientSession
+from redis.crc import key_slot
 from rich.console import Console
 
 from bench import procs, run, writer_forms
 from bench.load import Samples, open_loop, open_loop_procs, parse_wrk, python_closed_loop
-from bench.report import markdown, report
+from bench.report import cluster_rows, markdown, report
 from bench.rows import Visibility, batch, copy_rate, copy_records
+from gateway import keys
 from tests.conftest import ADMIN, Backends, order_body
 
 SLEEPER = "import time; time.sleep(60)"
@@ -150,7 +152,7 @@ async def test_visibility_times_each_201_until_its_row_is_there(backends: Backen
 @pytest.mark.slow
 async def test_a_short_run_yields_p1_to_p7_and_its_files(tmp_path, backends: Backends):
     opts = run.Options(seconds=1, rounds=1, warmup=0, open_seconds=0.5, open_connections=64,
-                       loads=(0.5, run.VISIBILITY_SHARE), overload_connections=64)
+                       loads=(0.5, run.VISIBILITY_SHARE), overload_connections=64, cluster=False)
     results = await run.run_bench(run.Servers(backends.redis_url, backends.database_url), opts, tmp_path)
     assert all(results[p] > 0 for p in ("P1", "P2", "P3", "P4", "P6", "P7", "fsync_cost"))
     assert results["P5"]["rss_growth_mb"] == results["P5"]["rss_growth_mb"]  # measured, not NaN
@@ -174,6 +176,23 @@ async def test_a_short_run_yields_p1_to_p7_and_its_files(tmp_path, backends: Bac
     report(results, Console(file=io.StringIO()), out=tmp_path / "results")
     assert (tmp_path / "results" / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| P7 |" in markdown(results) and (tmp_path / "results" / "latest.json").stat().st_size > 0
+    assert results["cluster"] is None and "| cluster |" not in markdown(results)  # skipped
+
+
+@pytest.mark.slow
+async def test_the_cluster_section_runs_the_rounds_with_every_key_on_one_primary(tmp_path, backends: Backends):
+    opts = run.Options(seconds=1, rounds=1, warmup=0)
+    result = await run.bench_cluster(run.Servers(backends.redis_url, backends.database_url), 1000.0, opts, tmp_path)
+    assert result["rounds"][0]["ok"] > 0 and result["rounds"][0]["writer_lag_s"] >= 0
+    assert result["ratio_to_one_node"] == result["best_orders_per_s"] / 1000.0
+    assert result["slot"] == key_slot(keys.partition().encode()) and result["appendfsync"] == "always"
+    cpu, holder = result["cpu_per_1000"], result["partition_primary"]
+    others = [v for name, v in cpu.items() if name.startswith("Valkey primary") and name != holder]
+    assert len(others) == 2 and cpu[holder] == result["partition_primary_cpu_per_1000"]
+    assert cpu[holder] > max(others)  # the primary with the partition did the work
+    assert result["gateway_cpu_per_1000"] == cpu["gateway"] > 0 and cpu["PostgreSQL"] is None  # external
+    label, value, detail = cluster_rows({"cluster": result})[0]
+    assert f"{result['best_orders_per_s']:,.0f}" == value and holder in detail
 
 
 async def test_both_writer_forms_write_every_row_of_their_batches(pg, backends: Backends):
