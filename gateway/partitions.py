@@ -42,7 +42,8 @@ async def ensure(pool: asyncpg.Pool, today: dt.date | None = None, ahead: int = 
               for table, col in TABLES]
     async with pool.acquire() as conn:
         present = {r["relname"] for r in await conn.fetch(
-            "SELECT relname FROM pg_class WHERE relname = ANY($1::text[])", [name(t, m) for t, _, m in wanted])}
+            """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'public' AND c.relname = ANY($1::text[])""", [name(t, m) for t, _, m in wanted])}
         missing = [(t, col, m) for t, col, m in wanted if name(t, m) not in present]
         if missing:
             async with conn.transaction():
@@ -58,6 +59,7 @@ async def listing(conn: asyncpg.Connection) -> list[dict[str, object]]:
         """SELECT p.relname AS parent, c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bounds,
                   greatest(c.reltuples, 0)::bigint AS rows_estimate
            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
-           WHERE p.relname = ANY($1::text[]) ORDER BY p.relname, c.relname""",
+           WHERE p.oid = ANY(ARRAY(SELECT to_regclass('public.' || t) FROM unnest($1::text[]) AS t))
+           ORDER BY p.relname, c.relname""",
         [t for t, _ in TABLES])
     return [dict(r) for r in rows]

@@ -104,7 +104,7 @@ async def test_the_writer_makes_a_missing_coming_month_itself(pg, redis):
         await pg.execute(f"DROP TABLE {table}")
     writer = Writer(redis, pg)
     assert await writer._ensure_partitions() == PARTITIONS_EVERY
-    assert await pg.fetchval("SELECT count(*) FROM pg_class WHERE relname = ANY($1::text[])", names) == 2
+    assert await pg.fetchval("SELECT count(to_regclass('public.' || t)) FROM unnest($1::text[]) AS t", names) == 2
 
 
 def test_cli_partitions_lists_each_month_and_makes_none_when_all_exist(backends, pg):
