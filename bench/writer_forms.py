@@ -48,12 +48,14 @@ async def copy_form(conn: asyncpg.Connection, rows: Rows) -> None:
                      for o, u, ch, s, st, sh, cur, p, ru, c in rows.orders])
         await conn.copy_records_to_table("s_items", records=rows.items)
         await conn.copy_records_to_table("s_allocs", records=rows.allocs)
-        await conn.execute(
+        fresh = {r["order_id"] for r in await conn.fetch(
             "INSERT INTO orders SELECT * FROM s_orders s"
-            " WHERE NOT EXISTS (SELECT 1 FROM orders x WHERE x.order_id = s.order_id) ON CONFLICT DO NOTHING;"
+            " WHERE NOT EXISTS (SELECT 1 FROM orders x WHERE x.order_id = s.order_id) ON CONFLICT DO NOTHING"
+            " RETURNING order_id")}
+        await conn.execute(
             "INSERT INTO order_items SELECT * FROM s_items ON CONFLICT DO NOTHING;"
             "INSERT INTO allocations SELECT * FROM s_allocs ON CONFLICT DO NOTHING")
-        await rows._append_events(conn)
+        await rows._append_events(conn, fresh)
 
 
 async def measure(dsn: str, orders: int, rounds: int) -> dict[str, Any]:

@@ -130,6 +130,7 @@ class Writer:
         self.quarantined = 0
         self.retries = 0  # batches that failed on a store and were tried again
         self._idle_ticks = 0
+        self._waiting = 0  # callers in wait_idle or close: reads stop blocking while there are any
         self._stopping = False
         self._tick = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -144,25 +145,38 @@ class Writer:
         A stop flag, not a cancel: a cancel can land inside a blocking XREADGROUP, and the
         redis client does not always let it through.
         """
-        if self._task and not self._task.done() and drain:
-            await self.wait_idle()
-        self._stopping = True
-        if self._task:
-            done, _ = await asyncio.wait([self._task], timeout=self.block_ms / 1000 + 5)
-            if not done:
-                self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._waiting += 1  # so the last read before the stop does not block either
+        try:
+            if self._task and not self._task.done() and drain:
+                await self.wait_idle()
+            self._stopping = True
+            if self._task:
+                done, _ = await asyncio.wait([self._task], timeout=self.block_ms / 1000 + 5)
+                if not done:
+                    self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        finally:
+            self._waiting -= 1
 
     async def wait_idle(self) -> None:
         """Return once a full pass after this call began found nothing to claim, read or pending.
 
         Pending counts: a dead writer's entries are out of reach of claim and read until
         ``claim_idle_ms`` has passed, and idle must not mean they were left behind.
+
+        Meanwhile the stream reads do not block: a blocked read ends only when Valkey next
+        checks its timeouts (100 ms apart here), and two passes of those made every stop of a
+        gateway wait about half a second. A pass that finds entries pending elsewhere waits
+        ``block_ms`` before the next one.
         """
-        async with self._tick:
-            target = self._idle_ticks + 2
-            await self._tick.wait_for(lambda: self._idle_ticks >= target or self._task is None
-                                      or self._task.done())
+        self._waiting += 1
+        try:
+            async with self._tick:
+                target = self._idle_ticks + 2
+                await self._tick.wait_for(lambda: self._idle_ticks >= target or self._task is None
+                                          or self._task.done())
+        finally:
+            self._waiting -= 1
 
     async def ensure_group(self) -> None:
         for p in keys.all_partitions():
@@ -195,7 +209,7 @@ class Writer:
                         committing = None
                     read = await self.redis.xreadgroup(
                         keys.WRITER_GROUP, self.name, {stream: "0" if backlog else ">"},
-                        count=self.batch, block=None if backlog else self.block_ms,
+                        count=self.batch, block=None if backlog or self._waiting else self.block_ms,
                     )
                     entries = read[0][1] if read else []
                     if backlog and not entries:
@@ -209,6 +223,8 @@ class Writer:
                             async with self._tick:
                                 self._idle_ticks += 1
                                 self._tick.notify_all()
+                        elif self._waiting and not backlog:  # a read that did not block: no spinning
+                            await asyncio.sleep(self.block_ms / 1000)
                     failures = 0
                 except (asyncio.CancelledError, WriterCrash):
                     raise
@@ -436,8 +452,9 @@ class Rows:
         # NOT EXISTS below keeps an order id unique across the monthly partitions (whose key
         # is (order_id, created_at): migration 008).
         await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+        fresh: set[str] = set()  # orders whose row this batch inserted
         if self.orders:
-            await conn.execute(
+            fresh = {r["order_id"] for r in await conn.fetch(
                 f"""INSERT INTO orders (order_id, user_id, channel, sale_id, status, ship_to, currency,
                                        payload, reserved_until, created_at, updated_at)
                    SELECT o, u, ch, s, st, sh::jsonb, cur, p::jsonb,
@@ -446,9 +463,10 @@ class Rows:
                                $7::text[], $8::text[], $9::bigint[], $10::bigint[])
                         AS t(o, u, ch, s, st, sh, cur, p, ru, c)
                    WHERE NOT EXISTS (SELECT 1 FROM orders x WHERE x.order_id = t.o)
-                   ON CONFLICT DO NOTHING""",
+                   ON CONFLICT DO NOTHING
+                   RETURNING order_id""",
                 *_columns(self.orders, 10),
-            )
+            )}
             await conn.execute(
                 """INSERT INTO order_items (order_id, line_no, sku, qty, unit_price)
                    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[])
@@ -490,7 +508,7 @@ class Rows:
                 *_columns(self.held, 5),
             )
         if self.events:
-            await self._append_events(conn)
+            await self._append_events(conn, fresh)
         if self.moves:
             # Only ledger rows inserted now (not re-deliveries) move the inventory table.
             await conn.execute(
@@ -513,10 +531,16 @@ class Rows:
             )
 
 
-    async def _append_events(self, conn: asyncpg.Connection) -> None:
-        """Append new events to the hash chain, skipping re-deliveries, in stream order."""
+    async def _append_events(self, conn: asyncpg.Connection, fresh: set[str]) -> None:
+        """Append new events to the hash chain, skipping re-deliveries, in stream order.
+
+        An entry's event keeps its time when delivered again, so the look for re-deliveries
+        reads only the months the batch's times fall in."""
+        times = [e[4] for e in self.events]
         known = {r["stream_id"] for r in await conn.fetch(
-            "SELECT stream_id FROM order_events WHERE stream_id = ANY($1::text[])", [e[0] for e in self.events])}
+            f"""SELECT stream_id FROM order_events
+                WHERE stream_id = ANY($1::text[]) AND at >= {MS.format("$2::bigint")} AND at <= {MS.format("$3::bigint")}""",
+            [e[0] for e in self.events], min(times), max(times))}
         prev = await conn.fetchval("SELECT hash FROM order_events ORDER BY id DESC LIMIT 1") or GENESIS
         rows = []
         for sid, order_id, seq, kind, at, data in self.events:
@@ -527,7 +551,7 @@ class Rows:
             rows.append((sid, order_id, seq, kind, at, data, prev, digest))
             prev = digest
         if rows:
-            await _check_numbers(conn, rows)
+            await _check_numbers(conn, rows, fresh)
             await conn.execute(
                 f"""INSERT INTO order_events (stream_id, order_id, seq, type, at, data, prev_hash, hash)
                     SELECT sid, o, n, t, {MS.format("a")}, d::jsonb, ph, h
@@ -538,19 +562,25 @@ class Rows:
             )
 
 
-async def _check_numbers(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """DuplicateEvent when a new event's (order_id, seq) is in the batch twice or already written."""
+async def _check_numbers(conn: asyncpg.Connection, rows: list[tuple[Any, ...]], fresh: set[str]) -> None:
+    """DuplicateEvent when a new event's (order_id, seq) is in the batch twice or already written.
+
+    A new ``order.accepted`` needs no look: its order row is new with it (``fresh``), and no
+    event of an order precedes its row; if the row was there, the order was accepted before."""
     pairs: set[tuple[str, int]] = set()
-    for _, order_id, seq, *_ in rows:
+    look: list[tuple[str, int]] = []
+    for _, order_id, seq, kind, *_ in rows:
         if order_id is not None:
-            if (order_id, seq) in pairs:
+            if (order_id, seq) in pairs or (kind == "order.accepted" and order_id not in fresh):
                 raise DuplicateEvent(order_id, seq)
             pairs.add((order_id, seq))
-    if pairs:
+            if kind != "order.accepted":
+                look.append((order_id, seq))
+    if look:
         taken = await conn.fetchrow(
             """SELECT e.order_id, e.seq FROM order_events e
                JOIN unnest($1::text[], $2::int[]) AS x(o, n) ON e.order_id = x.o AND e.seq = x.n LIMIT 1""",
-            *_columns(sorted(pairs), 2))
+            *_columns(look, 2))
         if taken is not None:
             raise DuplicateEvent(taken["order_id"], taken["seq"])
 
