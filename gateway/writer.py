@@ -131,6 +131,7 @@ class Writer:
         self.retries = 0  # batches that failed on a store and were tried again
         self._idle_ticks = 0
         self._waiting = 0  # callers in wait_idle or close: reads stop blocking while there are any
+        self._held: set[bytes] = set()  # ids of the entries in this writer's batches in flight
         self._stopping = False
         self._tick = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -233,6 +234,7 @@ class Writer:
                         with contextlib.suppress(Exception):
                             await committing
                         committing = None
+                    self._held.clear()  # nothing in flight now; the backlog read brings ours back
                     backlog = True
                     if isinstance(exc, OrderNotWrittenYet):
                         self.deferred += 1
@@ -276,6 +278,7 @@ class Writer:
         One batch in flight at most, committed in stream order: Python's share of a batch
         (decoding, rows, hashing input) overlaps PostgreSQL's.
         """
+        self._held.update(e[0] for e in entries)
         rows = Rows.of(entries)
         await _finished(committing)
         return asyncio.get_running_loop().create_task(self._write(stream, entries, rows))
@@ -285,22 +288,28 @@ class Writer:
         return (await self.redis.xpending(stream, keys.WRITER_GROUP))["pending"] == 0
 
     async def _claim(self, stream: str) -> list[Entry]:
+        """Entries idle past ``claim_idle_ms``, but not our own in flight: a commit slower than
+        that made them look abandoned, and the writer took its own batch a second time
+        instead of reading on (seen in tests, whose claim_idle_ms is 200 ms)."""
         reply = await self.redis.xautoclaim(
             stream, keys.WRITER_GROUP, self.name, self.claim_idle_ms, "0-0", count=self.batch
         )
-        return list(reply[1])
+        return [e for e in reply[1] if e[0] not in self._held]
 
     async def _write(self, stream: str, entries: list[Entry], rows: Rows) -> None:
-        try:
-            await self._commit(stream, entries, rows)
-        except DATA_FAULTS as exc:
-            await self._isolate(stream, entries, exc)
         ids = [e[0] for e in entries]
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(stream, keys.WRITER_GROUP, *ids)
-        pipe.xdel(stream, *ids)
-        await pipe.execute()
-        self.written += len(entries)
+        try:
+            try:
+                await self._commit(stream, entries, rows)
+            except DATA_FAULTS as exc:
+                await self._isolate(stream, entries, exc)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xack(stream, keys.WRITER_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            await pipe.execute()
+            self.written += len(entries)
+        finally:
+            self._held.difference_update(ids)
 
     async def _isolate(self, stream: str, entries: list[Entry], exc: BaseException) -> None:
         """Halve a refused batch until each entry at fault stands alone; quarantine those.

@@ -11,6 +11,7 @@ ledger and the inventory table counted once, and the stream empty with nothing p
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -197,6 +198,31 @@ async def test_writer_restarted_under_same_name_rereads_its_pending_entries_with
     await assert_each_order_once(gw, redis, pg, orders, moves=3)
     consumers = await redis.xinfo_consumers(STREAM, keys.WRITER_GROUP)
     assert [c["name"] for c in consumers] == [b"w-1"]
+
+
+async def test_a_commit_slower_than_the_claim_delay_does_not_make_a_writer_take_its_own_batch_again(
+    make_gateway, redis, pg, writers
+):
+    """The batch read ahead waits while the one before commits; past claim_idle_ms it looked
+    abandoned, and the writer claimed and wrote it a second time (a CI-load flake before)."""
+    gw = await make_gateway(run_writer=False)
+    await stock_up(gw)
+    await place_orders(gw, "slow", 150)
+    entries: Entries = await redis.xrange(STREAM)
+    stalled = False
+
+    def slow_first_commit(at: str) -> None:
+        nonlocal stalled
+        if at == "before_commit" and not stalled:
+            stalled = True
+            time.sleep(3 * CLAIM_IDLE_MS / 1000)  # the whole loop stands still, as under a heavy load
+
+    writer = writers("w-slow", fault=slow_first_commit)
+    writer.start()
+    await caught_up(writer)
+    assert stalled
+    assert writer.written == len(entries)  # each entry once: none claimed back from itself
+    assert await redis.xlen(STREAM) == 0
 
 
 async def test_two_writers_at_once_write_each_order_once(make_gateway, redis, pg, writers):
