@@ -14,7 +14,6 @@ import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from gateway import keys, redisconn
@@ -47,14 +46,10 @@ class Cluster:
         """The primaries holding no key of the bench, by name: their CPU shows they stay idle."""
         return {f"Valkey primary :{port}": pid for port, pid in self.pids.items() if port != self.port}
 
-    async def appendfsync(self) -> str:
-        """The partition primary's appendfsync, asked directly: CONFIG GET through the cluster
-        client goes to any node."""
-        client = redis.asyncio.Redis(host="127.0.0.1", port=self.port)
-        try:
-            return (await client.config_get("appendfsync"))["appendfsync"]
-        finally:
-            await client.aclose()
+    @property
+    def node_url(self) -> str:
+        """The partition primary alone, for what must be asked of it rather than of the cluster."""
+        return f"redis://127.0.0.1:{self.port}"
 
 
 @contextlib.asynccontextmanager

@@ -185,17 +185,23 @@ class Gateway:
 
     async def appendfsync(self) -> str:
         """Valkey's appendfsync while this gateway runs: does OMS_DURABILITY change it?"""
-        client = redis.asyncio.from_url(self.servers.redis_url)
-        try:
-            return (await client.config_get("appendfsync")).get("appendfsync", "unknown")
-        except redis.RedisError as exc:  # CONFIG may be disabled on a managed server
-            return f"unknown ({exc})"
-        finally:
-            await client.aclose()
+        return await appendfsync(self.servers.redis_url)
 
     def cpu(self) -> dict[str, float | None]:
         snap = procs.cpu_snapshot(self.server.pid, self.servers.redis_pid, self.servers.postgres_pid)
         return {**snap, **{name: procs.cpu_seconds(pid) for name, pid in self.servers.others.items()}}
+
+
+async def appendfsync(url: str) -> str:
+    """The appendfsync of the one Valkey server at ``url`` (CONFIG GET through a cluster client
+    would ask any node)."""
+    client = redis.asyncio.from_url(url)
+    try:
+        return (await client.config_get("appendfsync")).get("appendfsync", "unknown")
+    except redis.RedisError as exc:  # CONFIG may be disabled on a managed server
+        return f"unknown ({exc})"
+    finally:
+        await client.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -377,7 +383,7 @@ async def bench_cluster(servers: Servers, one_node_rate: float, opts: Options, w
         cpu[nodes.holder] = cpu.pop("Redis")
         rate = best(rounds)
         return {"primaries": cluster.PRIMARIES, "replicas": cluster.REPLICAS, "hash_tag": nodes.tag, "slot": nodes.slot,
-                "partition_primary": nodes.holder, "appendfsync": await nodes.appendfsync(), "rounds": rounds,
+                "partition_primary": nodes.holder, "appendfsync": await appendfsync(nodes.node_url), "rounds": rounds,
                 "best_orders_per_s": rate, "one_node_orders_per_s": one_node_rate,
                 "ratio_to_one_node": rate / one_node_rate, "cpu_per_1000": cpu,
                 "gateway_cpu_per_1000": cpu["gateway"], "partition_primary_cpu_per_1000": cpu[nodes.holder]}
