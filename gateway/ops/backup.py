@@ -244,11 +244,13 @@ async def _connect(url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def table_names(conn: asyncpg.Connection) -> list[str]:
-    """The public schema's tables; a partitioned one once, as a whole, its monthly partitions not apart."""
+async def table_names(conn: asyncpg.Connection, partitioned_only: bool = False) -> list[str]:
+    """The public schema's tables, a partitioned one once, as a whole (its monthly partitions not
+    apart); with ``partitioned_only``, only the partitioned ones."""
     return [r["relname"] for r in await conn.fetch(
         """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname""")]
+           WHERE n.nspname = 'public' AND c.relkind::text = ANY($1::text[]) AND NOT c.relispartition
+           ORDER BY c.relname""", ["p"] if partitioned_only else ["r", "p"])]
 
 
 async def _contents(conn: asyncpg.Connection, report: Report) -> tuple[dict[str, int], AuditHead, dict[str, str]]:
@@ -409,10 +411,7 @@ async def restore(directory: Path, url: str, report: Report, *, force: bool = Fa
         tool, _ = pg_tool("pg_restore", _major(manifest.dump.pg_dump))
         # one transaction: a restore that fails leaves the target as it was
         if present:
-            partitioned = [r["relname"] for r in await conn.fetch(
-                """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                   WHERE n.nspname = 'public' AND c.relkind = 'p' AND c.relname = ANY($1::text[])""",
-                list(manifest.tables))]
+            partitioned = [t for t in await table_names(conn, partitioned_only=True) if t in manifest.tables]
             psql, _ = pg_tool("psql", _major(manifest.dump.pg_dump))
             await _replace(tool, psql, dump, url, partitioned, report, len(manifest.tables))
         else:
