@@ -84,7 +84,7 @@ async def test_design_tables_exist_and_orders_has_its_documented_columns(pg):
            JOIN information_schema.key_column_usage k
              ON k.constraint_name = c.constraint_name AND k.table_schema = c.table_schema
            WHERE c.table_schema = 'public' AND c.table_name = 'orders'
-             AND c.constraint_type = 'PRIMARY KEY'""")
+             AND c.constraint_type = 'PRIMARY KEY' ORDER BY k.ordinal_position""")
     # partitioned by month (migration 008): the key must hold created_at; order_id leads it,
     # and the writer keeps it unique across months (tests/test_partitions.py)
     assert [r["column_name"] for r in primary_key] == ["order_id", "created_at"]
