@@ -1,6 +1,6 @@
 """The cluster section of ``make bench``: a new Valkey Cluster of 3 primaries for the gateway's rounds.
 
-Every key carries the one inventory partition's hash tag (``keys.partition()``, ``{p0}``), so
+Every key carries the one inventory partition's hash tag (``keys.ONE``, ``{p0}``: the bench runs OMS_PARTITIONS=1), so
 the stock, the orders and the event stream all live on one primary; the other two only keep
 up the cluster bus. The section measures what the cluster client and a cluster node cost
 against one server, not scale-out: inventory partitions and hot-SKU buckets are not built.
@@ -59,7 +59,7 @@ async def started(data_dir: Path) -> AsyncIterator[Cluster]:
     nodes = EmbeddedValkeyCluster(data_dir, primaries=PRIMARIES, replicas=REPLICAS, appendfsync="always")
     try:
         url = await asyncio.to_thread(nodes.start)  # it polls the nodes with sleeps
-        tag = keys.partition()
+        tag = keys.ONE
         client = redisconn.connect(url)
         assert isinstance(client, RedisCluster)
         try:

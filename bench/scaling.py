@@ -144,18 +144,17 @@ def markdown(results: dict[str, Any], source: str = "bench/results/latest.json")
         "The model multiplies per-primary and per-writer figures across many of them. Today that "
         "does not hold:",
         "",
-        f"- **Inventory partitions.** Every key has the hash tag `{keys.partition()}` (`gateway/keys.py`, "
-        "`partition()`), "
-        "so a cluster keeps all stock, orders and the event stream on one primary, whatever its size. "
-        "The Valkey primaries below only share the load once partitions spread SKUs (and their orders) "
-        "over slots on different primaries.",
+        f"- **Inventory partitions.** The bench runs with one partition (`OMS_PARTITIONS=1`): every key "
+        f"has the hash tag `{keys.ONE}` (`gateway/keys.py`), so its cluster keeps all stock, orders and the "
+        "event stream on one primary. `OMS_PARTITIONS` spreads SKU groups (and their orders) over slots "
+        "on different primaries, but an order's lines must share a partition and no bench measures it yet.",
         "- **Hot-SKU buckets.** One SKU's stock is one hash, so one SKU sells at most at one primary's "
         f"rate ({valkey} orders/s here, a core fully busy) until its stock is split into buckets on several "
         "primaries.",
-        "- **Streams and writers per partition.** There is one event stream, and every writer transaction "
-        "takes one advisory lock for the one audit hash chain (`gateway/writer.py`, `EVENTS_LOCK`): writers "
-        "beyond the first run one at a time. The writer count below is what per-partition streams, chains "
-        "and writers would need.",
+        "- **Streams and writers per partition.** Each partition has its stream and its writer, but every "
+        "writer transaction takes one advisory lock for the one audit hash chain (`gateway/writer.py`, "
+        "`EVENTS_LOCK`): writers beyond the first run one at a time. The writer count below is what "
+        "per-partition chains would need.",
         "- **PostgreSQL past one primary.** The writers' rows all go to one database; the model gives the "
         "rows/s it must take and compares them with what one PostgreSQL took by raw COPY on the bench machine.",
         "",

@@ -90,7 +90,7 @@ async def drained(redis: aioredis.Redis, pool: asyncpg.Pool, ids: list[str], tim
     while time.monotonic() < deadline:
         try:
             pipe = redis.pipeline(transaction=False)
-            for p in keys.all_partitions():
+            for p in keys.SINGLE.all():
                 pipe.xlen(keys.events(p))
                 pipe.xpending(keys.events(p), keys.WRITER_GROUP)
             replies = await pipe.execute()
@@ -146,7 +146,7 @@ async def _oversold(redis: aioredis.Redis, pool: asyncpg.Pool, acked: Acked) -> 
     taken = {(r["sku"], r["warehouse"]): r["taken"] for r in await pool.fetch(
         """SELECT a.sku, a.warehouse, sum(a.qty) AS taken FROM allocations a JOIN orders o USING (order_id)
            WHERE o.status = ANY($1::text[]) GROUP BY a.sku, a.warehouse""", list(HOLDS_OR_SOLD))}
-    redis_side = await reconcile._redis_stock(redis)
+    redis_side = await reconcile._redis_stock(redis, keys.SINGLE)
     bad = []
     for pair in sorted(on_hand.keys() | put.keys() | taken.keys() | redis_side.keys() | acked.put_bound.keys()):
         available, reserved = redis_side.get(pair, (0, 0))

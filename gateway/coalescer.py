@@ -10,6 +10,7 @@ batch, and no answer leaves before its reservation is on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -23,6 +24,7 @@ from gateway.errors import (
     GatewayError,
     IdempotencyMismatch,
     InsufficientStock,
+    Invalid,
     LimitExceeded,
     NotReady,
     Overloaded,
@@ -45,31 +47,33 @@ Queued = tuple[OrderIn, bytes, str, "asyncio.Future[Result]"]  # the order, its 
 
 def reserve_call(
     orders: list[tuple[OrderIn, bytes, str]], warehouses: WarehouseCache, sales: SaleCache, strategy: str,
-    ttl_ms: int, record_ttl: int, max_backlog: int = 0,
+    ttl_ms: int, record_ttl: int, max_backlog: int = 0, p: str = keys.ONE, homes: frozenset[str] = frozenset(),
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one reserve script call for a batch (see lua/reserve.lua); each order
-    comes with its payload and the ``key_id`` of the service key that sent it ("" for a user)."""
-    ks = [keys.events(), keys.expiry(), keys.wh_version(), keys.sale_version(), keys.ready(), keys.rate_limits()]
+    """KEYS and ARGV of one reserve script call in partition ``p`` for a batch (see
+    lua/reserve.lua); each order comes with its payload and the ``key_id`` of the service key
+    that sent it ("" for a user). ``homes`` are the order ids whose locator ``p`` keeps."""
+    ks = [keys.events(p), keys.expiry(p), keys.wh_version(p), keys.sale_version(p), keys.ready(p), keys.rate_limits(p)]
     prefs: dict[tuple[str, ...], int] = {}
     packed = []
     for order, payload, key_id in orders:
-        ks += [keys.order(order.order_id), keys.bucket("orders:user", order.user_id),
-               keys.bucket("orders:key", key_id or "-")]
+        ks += [keys.order(order.order_id, p), keys.locator(order.order_id, p),
+               keys.bucket("orders:user", order.user_id, p), keys.bucket("orders:key", key_id or "-", p)]
         chosen = strategy
         if order.sale_id is not None:
-            ks += [keys.sale(order.sale_id), keys.sale_user(order.sale_id, order.user_id)]
+            ks += [keys.sale(order.sale_id, p), keys.sale_user(order.sale_id, order.user_id, p)]
             sale = sales.by_id.get(order.sale_id)
             chosen = sale.strategy if sale is not None and sale.strategy else strategy
-        ks.extend(keys.stock(item.sku) for item in order.items)
-        ks.extend(keys.holders(item.sku) for item in order.items)
+        ks.extend(keys.stock(item.sku, p) for item in order.items)
+        ks.extend(keys.holders(item.sku, p) for item in order.items)
         pref = warehouses.order(chosen, order.ship_to.region if order.ship_to else None)
         index = prefs.setdefault(pref, len(prefs))
         lines = [[item.sku, item.qty, index, -1 if item.unit_price is None else item.unit_price]
                  for item in order.items]
         packed.append([order.order_id, payload.decode(), ttl_ms, lines, order.channel,
-                       int(order.sale_id is not None), int(chosen == "max_stock"), int(bool(key_id))])
+                       int(order.sale_id is not None), int(chosen == "max_stock"), int(bool(key_id)),
+                       p if order.order_id in homes else ""])
     batch = orjson.dumps({"p": list(prefs), "o": packed})
-    return ks, [record_ttl, batch, warehouses.version, max_backlog]
+    return ks, [record_ttl, batch, warehouses.versions.get(p, -1), max_backlog]
 
 
 class Coalescer:
@@ -87,6 +91,7 @@ class Coalescer:
         wait_aof: bool,
         max_backlog: int = 0,
         soldout: SoldOut | None = None,
+        layout: keys.Partitions = keys.SINGLE,
     ) -> None:
         self.scripts = scripts
         self.warehouses = warehouses
@@ -99,6 +104,7 @@ class Coalescer:
         self.wait_aof = wait_aof
         self.max_backlog = max_backlog
         self.soldout = soldout
+        self.layout = layout
         self.in_flight = 0
         self.batches = 0
         self.sold_out_answers = 0
@@ -181,21 +187,95 @@ class Coalescer:
             self._sizes.observe(len(batch))
 
     async def _reserve(self, batch: list[Queued]) -> list[Any]:
+        """One result per order: one script call per partition the batch touches, in one round trip."""
         orders = [(order, payload, key_id) for order, payload, key_id, _ in batch]
         epoch = self.soldout.epoch if self.soldout else 0
-        while True:
-            ks, args = reserve_call(orders, self.warehouses, self.sales, self.strategy, self.ttl_ms,
-                                    self.record_ttl, self.max_backlog)
-            reply = await self.scripts.call("reserve", ks, args, wait_aof=self.wait_aof)
-            if int(reply[0]) == Reserve.NOT_READY:
-                raise NotReady()
-            if int(reply[0]) == Reserve.BACKLOG_FULL:
-                raise BacklogFull()
-            if int(reply[0]) != Reserve.STALE_WAREHOUSES:
-                break
-            await self.warehouses.load()  # another process changed warehouses: plan again
-        await self.sales.refresh(int(reply[1]))
-        return [self._decode(order, payload, r, epoch) for (order, payload, _, _), r in zip(batch, reply[2:], strict=True)]
+        results: list[Any] = [None] * len(batch)
+        several = self.layout.count > 1
+        groups: dict[str, list[int]] = {} if several else {keys.ONE: list(range(len(batch)))}
+        for i, (order, _, _) in enumerate(orders if several else ()):
+            try:
+                p = self.layout.of_skus(item.sku for item in order.items)
+            except keys.SpansPartitions as exc:
+                results[i] = Invalid(f"the order's skus belong to more than one inventory partition ({exc}); "
+                                     "order them apart", code="spans_partitions")
+                continue
+            groups.setdefault(p, []).append(i)
+        claimed = await self._claim(orders, groups, results) if several else []
+        while groups:
+            parts = list(groups)
+            calls = [reserve_call([orders[i] for i in groups[p]], self.warehouses, self.sales, self.strategy,
+                                  self.ttl_ms, self.record_ttl, self.max_backlog, p,
+                                  frozenset(orders[i][0].order_id for i in groups[p]
+                                            if several and self.layout.home(orders[i][0].order_id) == p))
+                     for p in parts]
+            replies = await self.scripts.call_many("reserve", calls, wait_aof=self.wait_aof)
+            stale = False
+            for p, reply in zip(parts, replies, strict=True):
+                if isinstance(reply, Exception):
+                    raise reply
+                code = int(reply[0])
+                if code == Reserve.STALE_WAREHOUSES:  # another process changed warehouses: plan again
+                    stale = True
+                    continue
+                idx = groups.pop(p)
+                if code in (Reserve.NOT_READY, Reserve.BACKLOG_FULL):
+                    for i in idx:
+                        results[i] = NotReady() if code == Reserve.NOT_READY else BacklogFull()
+                    continue
+                await self.sales.refresh(int(reply[1]), p)
+                for i, r in zip(idx, reply[2:], strict=True):
+                    results[i] = self._decode(orders[i][0], orders[i][1], r, epoch)
+            if stale:
+                await self.warehouses.load()
+        if claimed:
+            await self._unclaim([i for i in claimed if isinstance(results[i], Exception)], orders)
+        return results
+
+    async def _claim(self, orders: list[tuple[OrderIn, bytes, str]], groups: dict[str, list[int]],
+                     results: list[Any]) -> list[int]:
+        """Write the locator of each order kept outside its id's home partition (gateway/keys.py).
+
+        A locator naming another partition means the id was taken there with another payload:
+        that order is answered 409 and leaves its group. Returns the orders whose locator was
+        written here, so a refusal takes it back.
+        """
+        away = [(p, i) for p, idx in groups.items() for i in idx if self.layout.home(orders[i][0].order_id) != p]
+        if not away:
+            return []
+        pipe = self.scripts.redis.pipeline(transaction=False)
+        for p, i in away:
+            order = orders[i][0]
+            pipe.set(keys.locator(order.order_id, self.layout.home(order.order_id)), p, nx=True, get=True,
+                     ex=self._lives(order))
+        replies = await self.scripts.execute(pipe)
+        claimed = []
+        for (p, i), before in zip(away, replies, strict=True):
+            if before is None:
+                claimed.append(i)
+            elif before.decode() != p:
+                groups[p].remove(i)
+                results[i] = IdempotencyMismatch(f"order_id {orders[i][0].order_id!r} was used with another payload")
+        for p in [p for p, idx in groups.items() if not idx]:
+            del groups[p]
+        return claimed
+
+    async def _unclaim(self, refused: list[int], orders: list[tuple[OrderIn, bytes, str]]) -> None:
+        """Take back the locators of refused orders: their id may be used again, for any SKUs."""
+        if not refused:
+            return
+        ids = [orders[i][0].order_id for i in refused]
+        with contextlib.suppress(GatewayError):  # a locator left behind only refuses another payload for this id
+            pipe = self.scripts.redis.pipeline(transaction=False)
+            for order_id in ids:
+                pipe.delete(keys.locator(order_id, self.layout.home(order_id)))
+            await self.scripts.execute(pipe)
+
+    def _lives(self, order: OrderIn) -> int:
+        """Seconds the order's record lives (lua/reserve.lua ``lives``), so its locator lives as long."""
+        sale = self.sales.by_id.get(order.sale_id) if order.sale_id is not None else None
+        ttl = sale.reservation_ttl if sale is not None and sale.reservation_ttl else self.ttl_ms // 1000
+        return max(self.record_ttl, ttl + 3600)
 
     def _decode(self, order: OrderIn, payload: bytes, r: list[Any], epoch: int) -> Result | Exception:
         code = int(r[0])

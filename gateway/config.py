@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from allocator import STRATEGIES
-from gateway import redisconn
+from gateway import keys, redisconn
 
 DEV_ADMIN_KEY = "dev-admin-key"
 DEV_JWT_SECRET = "dev-secret"
@@ -64,12 +64,19 @@ class Settings:
     console_dir: Path | None = None  # the console's build (console/dist beside the package when None)
     max_exports: int = 2
     export_prefetch: int = 500
+    partitions: int = 1
+    partition_sep: str = ":"
 
     def __repr__(self) -> str:
         fields = dataclasses.asdict(self)
         fields["api_keys"] = f"<{len(self.api_keys)} keys>"
         fields["jwt_secret"] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+    @property
+    def layout(self) -> keys.Partitions:
+        """How SKUs, sales and orders map to inventory partitions (gateway/keys.py)."""
+        return keys.Partitions(self.partitions, self.partition_sep)
 
     @property
     def production(self) -> bool:
@@ -159,6 +166,8 @@ class Settings:
             console_dir=Path(v["OMS_CONSOLE_DIR"]) if v.get("OMS_CONSOLE_DIR") else None,
             max_exports=_int(v, "OMS_MAX_EXPORTS", 2, 1, 64),
             export_prefetch=_int(v, "OMS_EXPORT_PREFETCH", 500, 1, 100_000),
+            partitions=_int(v, "OMS_PARTITIONS", 1, 1, 1024),
+            partition_sep=_separator(v, "OMS_PARTITION_SEP", ":"),
         )
 
 
@@ -193,6 +202,13 @@ def _choice(v: Mapping[str, str], key: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def _separator(v: Mapping[str, str], key: str, default: str) -> str:
+    raw = v.get(key, default)
+    if len(raw) > 1 or (raw and not raw.isprintable()) or raw.isspace():
+        raise ConfigError(f"{key}: expected one printable character, or none (the whole SKU), got {raw!r}")
+    return raw
 
 
 def _bool(v: Mapping[str, str], key: str, default: bool) -> bool:

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class Expirer:
-    def __init__(self, scripts: Scripts, *, record_ttl: int, interval: float = 0.25, batch: int = 500) -> None:
+    def __init__(self, scripts: Scripts, *, record_ttl: int, interval: float = 0.25, batch: int = 500,
+                 layout: keys.Partitions = keys.SINGLE) -> None:
         self.scripts = scripts
+        self.layout = layout
         self.record_ttl = record_ttl
         self.interval = interval
         self.batch = batch
@@ -63,22 +65,26 @@ class Expirer:
                 pass
 
     async def expire_due(self) -> int:
-        """Expire up to ``batch`` orders whose reservation has run out; returns how many were due."""
+        """Expire up to ``batch`` orders per partition whose reservation has run out; returns the
+        most that were due in one partition."""
+        return max([await self._expire_in(p) for p in self.layout.all()])
+
+    async def _expire_in(self, p: str) -> int:
         redis = self.scripts.redis
         sec, usec = await redis.time()
         now_ms = sec * 1000 + usec // 1000
-        due = await redis.zrangebyscore(keys.expiry(), "-inf", now_ms, start=0, num=self.batch)
+        due = await redis.zrangebyscore(keys.expiry(p), "-inf", now_ms, start=0, num=self.batch)
         if not due:
             return 0
         pipe = redis.pipeline(transaction=False)
         for order_id in due:
-            pipe.hget(keys.order(order_id.decode()), "p")
+            pipe.hget(keys.order(order_id.decode(), p), "p")
         payloads = await pipe.execute()
         gone = [d for d, raw in zip(due, payloads, strict=True) if raw is None]
         if gone:  # record gone: nothing left to expire
-            await redis.zrem(keys.expiry(), *gone)
+            await redis.zrem(keys.expiry(p), *gone)
         calls = [transition_call(d.decode(), orjson.loads(raw), "expire", {"reason": "expired"}, reason="expired",
-                                 record_ttl=self.record_ttl)
+                                 record_ttl=self.record_ttl, p=p)
                  for d, raw in zip(due, payloads, strict=True) if raw is not None]
         for reply in await self.scripts.call_many("transition", calls) if calls else []:
             if isinstance(reply, list):

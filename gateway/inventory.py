@@ -28,20 +28,38 @@ def _decode_warehouse(wid: str, raw: str) -> Warehouse:
 
 
 class WarehouseCache:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    """The warehouse table per process, for preference lists.
+
+    Every partition keeps the table and its version alike (gateway/keys.py); this reads them
+    all, so each reserve call names the version of its own partition, and a warehouse one
+    partition registered (lua/stock.lua) is known before the others have it.
+    """
+
+    def __init__(self, redis: aioredis.Redis, layout: keys.Partitions = keys.SINGLE) -> None:
         self.redis = redis
-        self.version = -1
+        self.layout = layout
+        self.versions: dict[str, int] = {}
         self.by_id: dict[str, Warehouse] = {}
         self._orders: dict[tuple[str, str | None], tuple[str, ...]] = {}
 
+    @property
+    def version(self) -> int:
+        """The version of the first partition's table (the only one with one partition)."""
+        return self.versions.get(self.layout.all()[0], -1)
+
     async def load(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(keys.wh_version())
-        pipe.hgetall(keys.warehouses())
-        version, table = await pipe.execute()
-        self.by_id = {w.decode(): _decode_warehouse(w.decode(), v.decode()) for w, v in table.items()}
+        for p in self.layout.all():
+            pipe.get(keys.wh_version(p))
+            pipe.hgetall(keys.warehouses(p))
+        replies = await pipe.execute()
+        by_id: dict[str, Warehouse] = {}
+        for table in replies[1::2]:
+            for w, v in table.items():
+                by_id.setdefault(w.decode(), _decode_warehouse(w.decode(), v.decode()))
+        self.by_id = by_id
         self._orders = {}
-        self.version = int(version or 0)
+        self.versions = {p: int(v or 0) for p, v in zip(self.layout.all(), replies[::2], strict=True)}
 
     def order(self, strategy: str, region: str | None) -> tuple[str, ...]:
         """The preference order for a strategy and ship-to region, computed once per table version."""
@@ -87,12 +105,13 @@ def stock_view(sku: str, raw: dict[bytes, bytes], active: Collection[str]) -> di
     }
 
 
-async def stock_views(redis: aioredis.Redis, skus: list[str]) -> list[dict[str, Any]]:
+async def stock_views(redis: aioredis.Redis, skus: list[str],
+                      layout: keys.Partitions = keys.SINGLE) -> list[dict[str, Any]]:
     """``stock_view`` of each SKU, read with the warehouse table in one round trip."""
     pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(keys.warehouses())
+    pipe.hgetall(keys.warehouses(layout.all()[0]))
     for sku in skus:
-        pipe.hgetall(keys.stock(sku))
+        pipe.hgetall(keys.stock(sku, layout.of_sku(sku)))
     table, *raws = await pipe.execute()
     active = active_ids(table)
     return [stock_view(sku, raw, active) for sku, raw in zip(skus, raws, strict=True)]
@@ -105,7 +124,8 @@ async def change_stock(
     args: list[Any] = [sku, mode, reason]
     for wh, value in values.items():
         args += [wh, value]
-    ks = [keys.stock(sku), keys.events(), keys.warehouses(), keys.wh_version(), keys.ready()]
+    p = cache.layout.of_sku(sku)
+    ks = [keys.stock(sku, p), keys.events(p), keys.warehouses(p), keys.wh_version(p), keys.ready(p)]
     reply = await scripts.call("stock", ks, args)
     if int(reply[0]) == Stock.NOT_READY:
         raise NotReady()
@@ -118,7 +138,7 @@ async def change_stock(
     await restocked(scripts.redis, sku)
     flat, table = reply[1], reply[2]
     if any(wh not in cache.by_id for wh in values):
-        await cache.load()
+        await register(scripts.redis, cache, p, dict(zip(table[::2], table[1::2], strict=True)))
     active = active_ids(dict(zip(table[::2], table[1::2], strict=True)))
     return stock_view(sku, dict(zip(flat[::2], flat[1::2], strict=True)), active)
 
@@ -136,15 +156,30 @@ async def put_warehouse(
            RETURNING (xmax = 0)""",
         wid, w.region, w.priority, w.active,
     )
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(keys.warehouses(), wid, encode_warehouse(w.priority, w.region, w.active))
-    pipe.incr(keys.wh_version())
-    await pipe.execute()
+    for p in cache.layout.all():  # one transaction per partition: a Cluster's spans one slot
+        pipe = redis.pipeline(transaction=True)
+        pipe.hset(keys.warehouses(p), wid, encode_warehouse(w.priority, w.region, w.active))
+        pipe.incr(keys.wh_version(p))
+        await pipe.execute()
     # an activated warehouse brings units of every SKU; sent once the table is in place (and
     # outside the transaction: a Cluster's pipeline refuses PUBLISH, which names no key)
     await redis.publish(keys.RESTOCK, "*")
     await cache.load()
     return created, {"warehouse_id": wid, "region": w.region, "priority": w.priority, "active": w.active}
+
+
+async def register(redis: aioredis.Redis, cache: WarehouseCache, source: str, table: dict[bytes, bytes]) -> None:
+    """Give the other partitions the warehouses partition ``source`` registered on a stock change
+    (lua/stock.lua), each where it is missing, then reload the cache."""
+    for p in cache.layout.all():
+        if p == source:
+            continue
+        pipe = redis.pipeline(transaction=True)
+        for wid, raw in table.items():
+            pipe.hsetnx(keys.warehouses(p), wid, raw)
+        pipe.incr(keys.wh_version(p))
+        await pipe.execute()
+    await cache.load()
 
 
 async def plan_allocation(
@@ -161,7 +196,7 @@ async def plan_allocation(
     if pref:
         pipe = redis.pipeline(transaction=False)
         for sku, _ in items:
-            pipe.hmget(keys.stock(sku), *pref)
+            pipe.hmget(keys.stock(sku, cache.layout.of_sku(sku)), *pref)
         rows = await pipe.execute()
     fillable, unfilled = [], []
     for (sku, qty), row in zip(items, rows, strict=True):

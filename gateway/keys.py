@@ -1,9 +1,24 @@
 """Every Redis key the gateway uses, built here and nowhere else.
 
 All keys one script call touches share the hash tag of their inventory partition, so the
-scripts run unchanged on Redis/Valkey Cluster. Today there is one partition, ``{p0}``:
-``partition()`` is the single place that maps orders and SKUs to a partition when the
-stock is split across slots.
+scripts run unchanged on Redis/Valkey Cluster. ``Partitions`` is the one place that maps
+SKUs, sales and orders to partitions (``OMS_PARTITIONS``, default 1: everything in ``{p0}``):
+
+- a SKU belongs to the partition of its *group*, the SKU up to its first
+  ``OMS_PARTITION_SEP`` (default ``:``; the whole SKU when it has none), by CRC-32 of the
+  group modulo the number of partitions: ``s11:tv`` and ``s11:phone`` share a partition;
+- a sale belongs to the partition of its SKUs, which must share one;
+- an order belongs to the partition of its lines' SKUs (one per order for now), where its
+  record, expiry entry and events live; its *home*, by CRC-32 of the order id, holds a
+  ``locator`` naming that partition, so a lifecycle call finds it by id alone and the same
+  id cannot be taken again in another partition;
+- what every script reads (warehouses, versions, the ready marker, rate limits) is kept in
+  every partition alike.
+
+With more than one partition, partition i's tag is the first ``{p<i>}``, ``{p<i>.1}``,
+``{p<i>.2}``, … whose cluster slot lies in the i-th of N equal slot ranges, so a cluster
+whose primaries own equal slot ranges (``valkey-cli --cluster create`` makes them so) holds
+N/primaries partitions on each.
 
 Key (tag ``{p}``)                       type     holds / lifetime
 oms:{p}:stock:<sku>                     hash     ``<wh>`` available, ``r:<wh>`` reserved; forever
@@ -22,6 +37,7 @@ oms:{p}:ready                           string   present while Redis holds the w
 oms:{p}:sale_version                    string   bumped on every sale change
 oms:{p}:sale_user:<n>:<sale_id>:<user>  hash     ``units`` a user holds in the sale; sale lifetime
 oms:{p}:ratelimits                      hash     ``<scope>`` -> "rate,burst" (gateway/ratelimits.py); forever
+oms:{p}:locator:<order_id>              string   the partition holding the order, in its home; record lifetime
 oms:{p}:bucket:<n>:<scope>:<who>        hash     a token bucket: ``t`` tokens at ``at`` (ms); until full again
 oms:restock                             channel  pub/sub: a SKU (or ``*``) that may have units again
 
@@ -44,6 +60,13 @@ so glob characters in ids do not matter.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import zlib
+from collections.abc import Iterable
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 PREFIX = "oms"
 WRITER_GROUP = "writers"
 RESTOCK = f"{PREFIX}:restock"  # a pub/sub channel, not a key: every process hears it (gateway/soldout.py)
@@ -52,16 +75,66 @@ RESTOCK = f"{PREFIX}:restock"  # a pub/sub channel, not a key: every process hea
 KINDS = {
     "stock": 1, "order": 1, "holders": 1, "expiry": 0, "events": 0, "warehouses": 0, "wh_version": 0,
     "sale": 1, "sales": 0, "sale_version": 0, "sale_user": 2, "stockstate": 1, "ready": 0,
-    "ratelimits": 0, "bucket": 2,
+    "ratelimits": 0, "bucket": 2, "locator": 1,
 }
+ONE = "{p0}"
 
 
-def partition(_order_or_sku: str = "") -> str:
-    return "{p0}"
+class SpansPartitions(ValueError):
+    """The SKUs of one order or sale belong to more than one partition."""
 
 
-def all_partitions() -> list[str]:
-    return ["{p0}"]
+@functools.lru_cache(maxsize=64)
+def _tags(count: int) -> tuple[str, ...]:
+    if count == 1:
+        return (ONE,)
+    tags = []
+    for i in range(count):
+        lo, hi = i * REDIS_CLUSTER_HASH_SLOTS // count, (i + 1) * REDIS_CLUSTER_HASH_SLOTS // count
+        name, j = f"p{i}", 0
+        while not lo <= key_slot(name.encode()) < hi:
+            j += 1
+            name = f"p{i}.{j}"
+        tags.append("{" + name + "}")
+    return tuple(tags)
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitions:
+    """How SKUs, sales and orders map to inventory partitions (hash tags); see the module text."""
+
+    count: int = 1
+    sep: str = ":"
+
+    @property
+    def mark(self) -> str:
+        """What the ready markers hold: the layout Redis was filled with ("1" for one partition)."""
+        return "1" if self.count == 1 else f"{self.count}|{self.sep}"
+
+    def all(self) -> tuple[str, ...]:
+        return _tags(self.count)
+
+    def _of(self, text: str) -> str:
+        if self.count == 1:
+            return ONE
+        return _tags(self.count)[zlib.crc32(text.encode()) % self.count]
+
+    def of_sku(self, sku: str) -> str:
+        return self._of(sku.split(self.sep, 1)[0] if self.sep else sku)
+
+    def of_skus(self, skus: Iterable[str]) -> str:
+        """The one partition of these SKUs; SpansPartitions when they have more than one."""
+        found = {self.of_sku(sku) for sku in skus}
+        if len(found) > 1:
+            raise SpansPartitions(", ".join(sorted(found)))
+        return found.pop() if found else ONE
+
+    def home(self, order_id: str) -> str:
+        """The partition holding the order id's locator."""
+        return self._of(order_id)
+
+
+SINGLE = Partitions()  # the default layout: one partition, ``{p0}``
 
 
 def stock(sku: str, p: str = "{p0}") -> str:
@@ -123,6 +196,10 @@ def bucket(scope: str, who: str, p: str = "{p0}") -> str:
 
 def stock_state(sku: str, p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:stockstate:{sku}"
+
+
+def locator(order_id: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:locator:{order_id}"
 
 
 def ready(p: str = "{p0}") -> str:

@@ -26,7 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client.core import Metric
 
-from gateway import metrics, stockwatch
+from gateway import keys, metrics, stockwatch
 from gateway.faults import unless_down
 from gateway.inventory import stock_views
 from gateway.models import iso_ms
@@ -157,8 +157,9 @@ class Live:
     """
 
     def __init__(self, redis: aioredis.Redis, pool: asyncpg.Pool, *, window: int,
-                 publish: Callable[[], None], after: int | None = None) -> None:
+                 publish: Callable[[], None], after: int | None = None, layout: keys.Partitions = keys.SINGLE) -> None:
         self.redis, self.pool, self.window, self.publish = redis, pool, window, publish
+        self.layout = layout
         self.after = after
         self.previous: Totals | None = None
         self._selling: list[stockwatch.Hot] = []
@@ -186,9 +187,9 @@ class Live:
         now = self._read()
         figures = difference(self.previous, now)
         self.previous = now
-        stream = await self._unless("redis", down, lambda: stream_state(self.redis), None)
+        stream = await self._unless("redis", down, lambda: stream_state(self.redis, self.layout), None)
         selling = await self._best_sellers(down)
-        views = await self._unless("redis", down, lambda: stock_views(self.redis, [h.sku for h in selling]),
+        views = await self._unless("redis", down, lambda: stock_views(self.redis, [h.sku for h in selling], self.layout),
                                    []) if selling else []
         return {
             "at": iso_ms(int(time.time() * 1000)), **figures,

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from gateway import keys, lifecycle, metrics
 from gateway.errors import (
     AmountMismatch,
+    Conflict,
     IllegalTransition,
     NotFound,
     NotReady,
@@ -96,9 +97,35 @@ def record_of(row: asyncpg.Record) -> dict[str, str]:
     return record
 
 
-async def load_order(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
+async def locate(redis: aioredis.Redis, layout: keys.Partitions, order_id: str) -> str:
+    """The partition whose record of the order Redis holds, or (none holding it) its home.
+
+    The home partition knows by the order's locator (gateway/keys.py), in one round trip; an
+    order without one there (a record made again from PostgreSQL) is looked for in every
+    partition.
+    """
+    if layout.count == 1:
+        return keys.ONE
+    home = layout.home(order_id)
+    pipe = redis.pipeline(transaction=False)
+    pipe.exists(keys.order(order_id, home))
+    pipe.get(keys.locator(order_id, home))
+    here, at = await pipe.execute()
+    if here:
+        return home
+    if at is not None:
+        return str(at.decode())
+    pipe = redis.pipeline(transaction=False)
+    for p in layout.all():
+        pipe.exists(keys.order(order_id, p))
+    return next((p for p, there in zip(layout.all(), await pipe.execute(), strict=True) if there), home)
+
+
+async def load_order(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str,
+                     layout: keys.Partitions = keys.SINGLE) -> dict[str, Any] | None:
     """The order as it is now: Redis while it holds the record, else PostgreSQL."""
-    raw = await redis.hmget(keys.order(order_id), *RECORD_FIELDS)
+    p = await locate(redis, layout, order_id)
+    raw = await redis.hmget(keys.order(order_id, p), *RECORD_FIELDS)
     if raw[0] is not None:
         record = {f: v.decode() for f, v in zip(RECORD_FIELDS, raw, strict=True) if v is not None}
     else:
@@ -111,13 +138,14 @@ async def load_order(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str) -
     return detailed(view, payload, record.get("pid"), record.get("cr"), record.get("sh"), record.get("rf"))
 
 
-async def owner(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str) -> tuple[str, str] | None:
+async def owner(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str,
+                layout: keys.Partitions = keys.SINGLE) -> tuple[str, str] | None:
     """(user_id, channel) of the order, or None when there is none: PostgreSQL first, then the live
     record of an order the writer has not written yet."""
     row = await pool.fetchrow("SELECT user_id, channel FROM orders WHERE order_id = $1", order_id)
     if row is not None:
         return row["user_id"], row["channel"]
-    raw = await redis.hget(keys.order(order_id), "p")
+    raw = await redis.hget(keys.order(order_id, await locate(redis, layout, order_id)), "p")
     if raw is None:
         return None
     payload = orjson.loads(raw)
@@ -127,7 +155,7 @@ async def owner(redis: aioredis.Redis, pool: asyncpg.Pool, order_id: str) -> tup
 async def change(
     scripts: Scripts, pool: asyncpg.Pool, order_id: str, action: str, data: dict[str, Any], *,
     record_ttl: int, visible: Callable[[str, str], bool], user_only: bool = False, payment_id: str = "",
-    amount: int | None = None, reason: str = "", key_id: str = "",
+    amount: int | None = None, reason: str = "", key_id: str = "", layout: keys.Partitions = keys.SINGLE,
 ) -> dict[str, Any]:
     """Apply ``action`` to the order; returns the order as it now is.
 
@@ -140,13 +168,20 @@ async def change(
     """
     redis = scripts.redis
     hydrate = ""
-    raw = await redis.hget(keys.order(order_id), "p")
+    p = await locate(redis, layout, order_id)
+    raw = await redis.hget(keys.order(order_id, p), "p")
     if raw is None:
         record = await pg_record(pool, order_id)
         if record is None:
             raise NotFound("No such order")
         raw, hydrate = record["p"].encode(), orjson.dumps(record).decode()
     payload = orjson.loads(raw)
+    if hydrate:  # made again in the partition of its SKUs, where its stock is
+        try:
+            p = layout.of_skus(item["sku"] for item in payload["items"])
+        except keys.SpansPartitions:  # taken under a layout with fewer partitions
+            raise Conflict("the order's skus are in several inventory partitions now; it cannot change",
+                           code="order_spans_partitions") from None
     if not visible(payload["user_id"], payload["channel"]):
         raise NotFound("No such order")
     if action == "pay":
@@ -154,11 +189,11 @@ async def change(
         if expected is not None and amount != expected:
             raise AmountMismatch(f"amount {amount} differs from the order total {expected}", total=expected)
     ks, args = transition_call(order_id, payload, action, data, payment_id=payment_id, reason=reason,
-                               hydrate=hydrate, record_ttl=record_ttl, user_only=user_only, key_id=key_id)
+                               hydrate=hydrate, record_ttl=record_ttl, user_only=user_only, key_id=key_id, p=p)
     status, changed = check_reply(await scripts.call("transition", ks, args), action)
     if changed:
         TRANSITIONS.add(status)
-    order = await load_order(redis, pool, order_id)
+    order = await load_order(redis, pool, order_id, layout)
     assert order is not None
     return order
 
@@ -166,14 +201,15 @@ async def change(
 def transition_call(
     order_id: str, payload: dict[str, Any], action: str, data: dict[str, Any], *, payment_id: str = "",
     reason: str = "", hydrate: str = "", record_ttl: int, user_only: bool = False, key_id: str = "",
+    p: str = keys.ONE,
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one transition script call; ``key_id`` names the service key whose
-    payments:key bucket a payment takes a token from."""
+    """KEYS and ARGV of one transition script call in the order's partition ``p``; ``key_id``
+    names the service key whose payments:key bucket a payment takes a token from."""
     sale_id = payload.get("sale_id") or ""
-    ks = [keys.order(order_id), keys.events(), keys.expiry(), keys.sale(sale_id),
-          keys.sale_user(sale_id, payload["user_id"]), keys.ready(), keys.rate_limits(),
-          keys.bucket("payments:key", key_id or "-")]
-    ks.extend(keys.stock(item["sku"]) for item in payload["items"])
+    ks = [keys.order(order_id, p), keys.events(p), keys.expiry(p), keys.sale(sale_id, p),
+          keys.sale_user(sale_id, payload["user_id"], p), keys.ready(p), keys.rate_limits(p),
+          keys.bucket("payments:key", key_id or "-", p)]
+    ks.extend(keys.stock(item["sku"], p) for item in payload["items"])
     rules = lifecycle.rules(action)
     if user_only:  # a buyer may only cancel an order that is not paid yet
         rules = ";".join(r for r in rules.split(";") if r.startswith("pending_payment>"))

@@ -58,16 +58,19 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-async def read(redis: aioredis.Redis) -> dict[str, Limit]:
-    raw = await redis.hgetall(keys.rate_limits())
+async def read(redis: aioredis.Redis, layout: keys.Partitions = keys.SINGLE) -> dict[str, Limit]:
+    raw = await redis.hgetall(keys.rate_limits(layout.all()[0]))
     return {scope.decode(): Limit.decode(value) for scope, value in raw.items()}
 
 
-async def put(redis: aioredis.Redis, scope: Scope, limit: Limit | None) -> None:
-    """Set a scope's limit, or lift it (None). Buckets already running keep their tokens."""
+async def put(redis: aioredis.Redis, scope: Scope, limit: Limit | None,
+              layout: keys.Partitions = keys.SINGLE) -> None:
+    """Set a scope's limit, or lift it (None), in every partition (each keeps its own buckets).
+    Buckets already running keep their tokens."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
-    if limit is None:
-        await redis.hdel(keys.rate_limits(), scope)
-    else:
-        await redis.hset(keys.rate_limits(), scope, limit.encode())
+    for p in layout.all():
+        if limit is None:
+            await redis.hdel(keys.rate_limits(p), scope)
+        else:
+            await redis.hset(keys.rate_limits(p), scope, limit.encode())

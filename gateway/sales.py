@@ -53,8 +53,21 @@ def rules(sale: SaleIn) -> dict[str, str]:
     return fields
 
 
-async def put_sale(pool: asyncpg.Pool, redis: aioredis.Redis, sale_id: str, sale: SaleIn) -> bool:
-    """Store in PostgreSQL, then publish the rules to Redis; returns True when created."""
+async def put_sale(pool: asyncpg.Pool, redis: aioredis.Redis, sale_id: str, sale: SaleIn,
+                   layout: keys.Partitions = keys.SINGLE) -> bool:
+    """Store in PostgreSQL, then publish the rules to Redis; returns True when created.
+
+    The sale's keys live in the partition of its SKUs (gateway/keys.py), which must share one
+    and keep it: its live counts cannot move between partitions.
+    """
+    try:
+        p = layout.of_skus(sale.skus)
+    except keys.SpansPartitions as exc:
+        raise Invalid(f"a sale's skus must share one inventory partition, these are in {exc}",
+                      code="sale_spans_partitions") from None
+    if (found := await sale_partition(redis, sale_id, layout)) not in (None, p):
+        raise Invalid(f"sale {sale_id!r} lives in partition {found}; its skus may not move it to {p}",
+                      code="sale_moves_partition")
     if _ms(sale.ends_at) <= _ms(sale.starts_at):
         raise Invalid("ends_at must be after starts_at", code="invalid_window")
     if sale.prices and not set(sale.prices) <= set(sale.skus):
@@ -67,37 +80,57 @@ async def put_sale(pool: asyncpg.Pool, redis: aioredis.Redis, sale_id: str, sale
            RETURNING (xmax = 0)""",
         sale_id, msgspec.json.encode(sale).decode(),
     )
-    key = keys.sale(sale_id)
+    key = keys.sale(sale_id, p)
     fields = rules(sale)
     stale = [f for f in await redis.hkeys(key) if f.decode() not in fields and f != b"sold"]
     pipe = redis.pipeline(transaction=True)
     if stale:
         pipe.hdel(key, *stale)
     pipe.hset(key, mapping=fields)
-    pipe.sadd(keys.sales(), sale_id)
-    pipe.incr(keys.sale_version())
+    pipe.sadd(keys.sales(p), sale_id)
+    pipe.incr(keys.sale_version(p))
     await pipe.execute()
+    for other in layout.all():  # every partition's version moves, so every reserve reply shows it
+        if other != p:
+            await redis.incr(keys.sale_version(other))
     return bool(created)
 
 
-async def sale_view(redis: aioredis.Redis, sale_id: str) -> dict[str, Any] | None:
+async def sale_partition(redis: aioredis.Redis, sale_id: str, layout: keys.Partitions) -> str | None:
+    """The partition whose sales set lists the sale, or None."""
+    if layout.count == 1:
+        return keys.ONE if await redis.sismember(keys.sales(keys.ONE), sale_id) else None
+    pipe = redis.pipeline(transaction=False)
+    for p in layout.all():
+        pipe.sismember(keys.sales(p), sale_id)
+    return next((p for p, there in zip(layout.all(), await pipe.execute(), strict=True) if there), None)
+
+
+async def sale_view(redis: aioredis.Redis, sale_id: str,
+                    layout: keys.Partitions = keys.SINGLE) -> dict[str, Any] | None:
     """The sale as defined, with live ``sold`` units and ``remaining`` availability of its SKUs."""
-    (view,) = await sale_views(redis, [sale_id])
+    (view,) = await sale_views(redis, [sale_id], layout)
     return view
 
 
-async def sale_views(redis: aioredis.Redis, sale_ids: list[str]) -> list[dict[str, Any] | None]:
-    """``sale_view`` of each sale (None for one Redis does not hold), in two round trips for all."""
+async def sale_views(redis: aioredis.Redis, sale_ids: list[str],
+                     layout: keys.Partitions = keys.SINGLE) -> list[dict[str, Any] | None]:
+    """``sale_view`` of each sale (None for one Redis does not hold), in two round trips for all
+    (with several partitions each sale is looked for in every one)."""
     pipe = redis.pipeline(transaction=False)
     for sale_id in sale_ids:
-        pipe.hmget(keys.sale(sale_id), "def", "sold")
-    raws = await pipe.execute()
+        for p in layout.all():
+            pipe.hmget(keys.sale(sale_id, p), "def", "sold")
+    found = await pipe.execute()
+    n = layout.count
+    raws = [next((r for r in found[i * n:(i + 1) * n] if r[0] is not None), [None, None])
+            for i in range(len(sale_ids))]
     sales = [None if raw[0] is None else msgspec.json.decode(raw[0], type=SaleIn) for raw in raws]
     skus = sorted({sku for sale in sales if sale is not None for sku in sale.skus})
     pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(keys.warehouses())
+    pipe.hgetall(keys.warehouses(layout.all()[0]))
     for sku in skus:
-        pipe.hgetall(keys.stock(sku))
+        pipe.hgetall(keys.stock(sku, layout.of_sku(sku)))
     table, *stocks = await pipe.execute()
     active = active_ids(table)  # what a sale can still sell: inactive warehouses sell nothing
     left = {sku: sellable(stock, active) for sku, stock in zip(skus, stocks, strict=True)}
@@ -116,24 +149,37 @@ async def sale_views(redis: aioredis.Redis, sale_ids: list[str]) -> list[dict[st
 class SaleCache:
     """Sale definitions per process, for prices; reloaded when a reserve reply shows a new version."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, layout: keys.Partitions = keys.SINGLE) -> None:
         self.redis = redis
-        self.version = -1
+        self.layout = layout
+        self.versions: dict[str, int] = {}
         self.by_id: dict[str, SaleIn] = {}
 
-    async def load(self) -> None:
-        version = int(await self.redis.get(keys.sale_version()) or 0)
-        ids = [s.decode() for s in await self.redis.smembers(keys.sales())]
-        pipe = self.redis.pipeline(transaction=False)
-        for sale_id in ids:
-            pipe.hget(keys.sale(sale_id), "def")
-        defs = await pipe.execute()
-        self.by_id = {i: msgspec.json.decode(d, type=SaleIn) for i, d in zip(ids, defs, strict=True) if d}
-        self.version = version
+    @property
+    def version(self) -> int:
+        """The version of the first partition's sales (the only one with one partition)."""
+        return self.versions.get(self.layout.all()[0], -1)
 
-    async def refresh(self, version: int) -> None:
-        """Reload before the batch is answered, so a client's next order sees the change."""
-        if version != self.version:
+    async def load(self) -> None:
+        """Read every partition's sales and sale version (a change bumps them all)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in self.layout.all():
+            pipe.get(keys.sale_version(p))
+            pipe.smembers(keys.sales(p))
+        replies = await pipe.execute()
+        versions, sets = replies[::2], replies[1::2]
+        ids = [(s.decode(), p) for p, members in zip(self.layout.all(), sets, strict=True) for s in members]
+        pipe = self.redis.pipeline(transaction=False)
+        for sale_id, p in ids:
+            pipe.hget(keys.sale(sale_id, p), "def")
+        defs = await pipe.execute()
+        self.by_id = {i: msgspec.json.decode(d, type=SaleIn) for (i, _), d in zip(ids, defs, strict=True) if d}
+        self.versions = {p: int(v or 0) for p, v in zip(self.layout.all(), versions, strict=True)}
+
+    async def refresh(self, version: int, p: str = keys.ONE) -> None:
+        """Reload before the batch is answered, so a client's next order sees the change; ``version``
+        is partition ``p``'s, from a reserve reply."""
+        if version != self.versions.get(p, -1):
             await self.load()
 
     async def apply_prices(self, order: OrderIn) -> OrderIn:

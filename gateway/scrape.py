@@ -19,14 +19,14 @@ from gateway.ops import workerstate
 
 
 async def global_families(redis: aioredis.Redis, pool: asyncpg.Pool, *, hot_skus: int,
-                          window: int) -> list[Metric]:
+                          window: int, layout: keys.Partitions = keys.SINGLE) -> list[Metric]:
     """The figures every process would answer alike, read now; a store that is down leaves its out."""
-    families, _ = await unless_down(_stream(redis), [])
+    families, _ = await unless_down(_stream(redis, layout), [])
     held, _ = await unless_down(quarantine.count(pool), None)
     if held is not None:
         families.append(_gauge("oms_quarantined_entries", "Writer entries held in the quarantine", held))
     if hot_skus:
-        families += (await unless_down(_hot(redis, pool, hot_skus, window), []))[0]
+        families += (await unless_down(_hot(redis, pool, hot_skus, window, layout), []))[0]
     return families + workers()
 
 
@@ -51,26 +51,33 @@ def _entry_ms(entry_id: bytes) -> int:
     return int(entry_id.split(b"-")[0])
 
 
-async def stream_state(redis: aioredis.Redis) -> dict[str, float]:
-    """Length, pending and lag of the event stream, ages by Redis' clock (stream ids carry it)."""
-    stream = keys.events()
-    pipe = redis.pipeline(transaction=False)
-    pipe.time()
-    pipe.xlen(stream)
-    pipe.xinfo_groups(stream)
-    pipe.xpending(stream, keys.WRITER_GROUP)
-    pipe.xrange(stream, count=1)  # written entries are deleted: the first one left waits the longest
-    (sec, usec), length, groups, pending, first = await pipe.execute()
-    now_ms = sec * 1000 + usec // 1000
-    group = next((g for g in groups if g["name"] == keys.WRITER_GROUP.encode()), {})
-    oldest_pending = (now_ms - _entry_ms(pending["min"])) / 1000 if pending["pending"] else 0.0
-    oldest = (now_ms - _entry_ms(first[0][0])) / 1000 if first else 0.0
-    return {"length": length, "pending": pending["pending"], "oldest_pending_age": max(oldest_pending, 0),
-            "lag": group.get("lag") or 0, "lag_seconds": max(oldest, 0)}
+async def stream_state(redis: aioredis.Redis, layout: keys.Partitions = keys.SINGLE) -> dict[str, float]:
+    """Length, pending and lag of the event streams (summed over the partitions; ages the
+    oldest), ages by Redis' clock (stream ids carry it)."""
+    total = {"length": 0, "pending": 0, "oldest_pending_age": 0.0, "lag": 0, "lag_seconds": 0.0}
+    for p in layout.all():
+        stream = keys.events(p)
+        pipe = redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+        pipe.xpending(stream, keys.WRITER_GROUP)
+        pipe.xrange(stream, count=1)  # written entries are deleted: the first one left waits the longest
+        (sec, usec), length, groups, pending, first = await pipe.execute()
+        now_ms = sec * 1000 + usec // 1000
+        group = next((g for g in groups if g["name"] == keys.WRITER_GROUP.encode()), {})
+        oldest_pending = (now_ms - _entry_ms(pending["min"])) / 1000 if pending["pending"] else 0.0
+        oldest = (now_ms - _entry_ms(first[0][0])) / 1000 if first else 0.0
+        total["length"] += length
+        total["pending"] += pending["pending"]
+        total["lag"] += group.get("lag") or 0
+        total["oldest_pending_age"] = max(total["oldest_pending_age"], oldest_pending)
+        total["lag_seconds"] = max(total["lag_seconds"], oldest)
+    return total
 
 
-async def _stream(redis: aioredis.Redis) -> list[Metric]:
-    state = await stream_state(redis)
+async def _stream(redis: aioredis.Redis, layout: keys.Partitions) -> list[Metric]:
+    state = await stream_state(redis, layout)
     return [
         _gauge("oms_stream_length", "Entries in the event stream, not yet written", state["length"]),
         _gauge("oms_stream_pending", "Entries a writer has read and not yet acknowledged", state["pending"]),
@@ -82,10 +89,11 @@ async def _stream(redis: aioredis.Redis) -> list[Metric]:
     ]
 
 
-async def _hot(redis: aioredis.Redis, pool: asyncpg.Pool, limit: int, window: int) -> list[Metric]:
+async def _hot(redis: aioredis.Redis, pool: asyncpg.Pool, limit: int, window: int,
+               layout: keys.Partitions) -> list[Metric]:
     """Stock and sell-out ETA of the ``limit`` best-selling SKUs of the last ``window`` seconds."""
     selling = await stockwatch.hot(pool, window, limit)
-    views = await stock_views(redis, [s.sku for s in selling])
+    views = await stock_views(redis, [s.sku for s in selling], layout)
     available = GaugeMetricFamily("oms_stock_available", "Available units of a hot SKU", labels=["sku"])
     eta = GaugeMetricFamily("oms_stock_sell_out_eta_seconds", "Seconds until a hot SKU sells out at its rate "
                             "over the forecast window", labels=["sku"])

@@ -82,12 +82,15 @@ class Scripts:
             # execute_command, not evalsha: redis-py refuses pipe.evalsha in cluster mode, while the
             # command itself is routed by its keys' slot like any other
             pipe.execute_command("EVALSHA", self.shas[name], len(keys), *keys, *args)
-        if wait_aof:  # on the connection that sent the calls: WAITAOF covers that connection's writes
-            pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_ms, **route(self.redis, calls[-1][0][0]))
+        # on the connection that sent the calls: WAITAOF covers that connection's writes, one per
+        # node the calls went to (a batch over several partitions of a cluster reaches several)
+        waits = list({getattr(r.get("target_nodes"), "name", ""): r for r in (route(self.redis, ks[0]) for ks, _ in calls)}.values()) if wait_aof else []
+        for target in waits:
+            pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_ms, **target)
         started = time.perf_counter()
         replies = await self._redis_call(pipe.execute(raise_on_error=False))
         self._timings[name].observe(time.perf_counter() - started)
-        if wait_aof:
+        for _ in waits:
             acked = replies.pop()
             if isinstance(acked, Exception) or int(acked[0]) < 1 or int(acked[1]) < self.replicas:
                 raise BackendDown("Redis did not confirm the append-only file was synced"
@@ -97,6 +100,10 @@ class Scripts:
             if fault is not None:
                 raise fault from reply
         return replies
+
+    async def execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline of plain commands; a Redis fault is BackendDown, as for scripts."""
+        return await self._redis_call(pipe.execute())
 
     @staticmethod
     async def _redis_call(call: Awaitable[T]) -> T:

@@ -36,9 +36,11 @@ async def restocked(client: aioredis.Redis, sku: str = "*") -> None:
 
 
 class SoldOut:
-    def __init__(self, redis_url: str, redis: aioredis.Redis, ttl: float = 1.0, limit: int = 50_000) -> None:
+    def __init__(self, redis_url: str, redis: aioredis.Redis, ttl: float = 1.0, limit: int = 50_000,
+                 layout: keys.Partitions = keys.SINGLE) -> None:
         self.redis_url = redis_url
         self.redis = redis  # the shared client, for reading holders
+        self.layout = layout
         self.ttl = ttl
         # A SKU with more holders than this (a long seller, not a flash sale) is not
         # remembered: reading its holders every ``ttl`` would cost more than it saves.
@@ -82,7 +84,7 @@ class SoldOut:
 
     async def _load(self, sku: str, epoch: int) -> None:
         try:
-            ids = await self.redis.zrangebyscore(keys.holders(sku), int(time.time() * 1000) - 60_000, "+inf",
+            ids = await self.redis.zrangebyscore(keys.holders(sku, self.layout.of_sku(sku)), int(time.time() * 1000) - 60_000, "+inf",
                                                  start=0, num=self.limit + 1)
         except (RedisError, OSError) as exc:
             log.warning("holders of sold-out %s not read (%s); its orders go to Redis", sku, exc)

@@ -32,14 +32,15 @@ SEVERITY = {"ok": 0, "low_stock": 1, "sold_out": 2}
 
 
 async def alerts(
-    redis: aioredis.Redis, skus: list[str], threshold: int, batch_id: str, at_ms: int
+    redis: aioredis.Redis, p: str, skus: list[str], threshold: int, batch_id: str, at_ms: int
 ) -> tuple[list[tuple[Any, ...]], dict[str, str]]:
-    """Event rows to append and the states to remember once they are committed."""
+    """Event rows to append and the states to remember once they are committed, for SKUs of
+    partition ``p`` (those of a batch from its stream)."""
     pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(keys.warehouses())
+    pipe.hgetall(keys.warehouses(p))
     for sku in skus:
-        pipe.hgetall(keys.stock(sku))
-        pipe.get(keys.stock_state(sku))
+        pipe.hgetall(keys.stock(sku, p))
+        pipe.get(keys.stock_state(sku, p))
     table, *replies = await pipe.execute()
     active = active_ids(table)  # units in an inactive warehouse sell nothing: they do not count
     events, states = [], {}
@@ -56,9 +57,9 @@ async def alerts(
     return events, states
 
 
-async def remember(redis: aioredis.Redis, states: dict[str, str]) -> None:
+async def remember(redis: aioredis.Redis, p: str, states: dict[str, str]) -> None:
     if states:
-        await redis.mset({keys.stock_state(sku): state for sku, state in states.items()})
+        await redis.mset({keys.stock_state(sku, p): state for sku, state in states.items()})
 
 
 async def forecast(pool: asyncpg.Pool, sku: str, available_now: int, window_s: int) -> dict[str, Any]:

@@ -116,8 +116,10 @@ class Writer:
         name: str | None = None,
         low_stock: int = 10,
         fault: Callable[[str], None] | None = None,
+        partition: str = keys.ONE,
     ) -> None:
         self.redis = redis
+        self.partition = partition
         self.pool = pool
         self.batch = batch
         self.block_ms = block_ms
@@ -180,15 +182,14 @@ class Writer:
             self._waiting -= 1
 
     async def ensure_group(self) -> None:
-        for p in keys.all_partitions():
-            try:
-                await self.redis.xgroup_create(keys.events(p), keys.WRITER_GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        try:
+            await self.redis.xgroup_create(keys.events(self.partition), keys.WRITER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def run(self) -> None:
-        stream = keys.events()
+        stream = keys.events(self.partition)
         backlog = True  # first re-deliver our own pending entries (a restart under the same name)
         regroup = True
         committing: asyncio.Task[None] | None = None
@@ -335,7 +336,7 @@ class Writer:
     async def _commit(self, stream: str, entries: list[Entry], rows: Rows) -> None:
         """One transaction for the rows, stream offset included; then remember the stock alerts."""
         first_id = entries[0][0].decode()
-        alert_rows, states = await stockwatch.alerts(self.redis, sorted(rows.skus), self.low_stock, first_id,
+        alert_rows, states = await stockwatch.alerts(self.redis, self.partition, sorted(rows.skus), self.low_stock, first_id,
                                                      int(first_id.split("-")[0]))
         rows.events.extend(alert_rows)
         started = time.perf_counter()
@@ -356,7 +357,7 @@ class Writer:
             if n:
                 metrics.WRITER_ROWS.labels(table).inc(n)
         self.quarantined += len(rows.held)
-        await stockwatch.remember(self.redis, states)
+        await stockwatch.remember(self.redis, self.partition, states)
 
 
 class Rows:
@@ -604,3 +605,41 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     if not rows:
         return [[] for _ in range(width)]
     return [list(col) for col in zip(*rows, strict=True)]
+
+
+class Writers:
+    """One writer per inventory partition's stream (gateway/keys.py), started, stopped and
+    counted as one; with one partition, one writer."""
+
+    def __init__(self, redis: aioredis.Redis, pool: asyncpg.Pool, layout: keys.Partitions, **options: Any) -> None:
+        self.each = [Writer(redis, pool, partition=p, **options) for p in layout.all()]
+
+    async def ensure_group(self) -> None:
+        for writer in self.each:
+            await writer.ensure_group()
+
+    def start(self) -> asyncio.Future[list[None]]:
+        """Start them all; the future fails as soon as one of them does."""
+        return asyncio.ensure_future(asyncio.gather(*(writer.start() for writer in self.each)))
+
+    async def close(self, drain: bool = True) -> None:
+        await asyncio.gather(*(writer.close(drain) for writer in self.each))
+
+    async def wait_idle(self) -> None:
+        await asyncio.gather(*(writer.wait_idle() for writer in self.each))
+
+    @property
+    def written(self) -> int:
+        return sum(writer.written for writer in self.each)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(writer.quarantined for writer in self.each)
+
+    @property
+    def retries(self) -> int:
+        return sum(writer.retries for writer in self.each)
+
+    @property
+    def deferred(self) -> int:
+        return sum(writer.deferred for writer in self.each)

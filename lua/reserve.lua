@@ -2,19 +2,23 @@
 --
 -- KEYS[1]  events stream     KEYS[2]  expiry zset     KEYS[3]  warehouse version
 -- KEYS[4]  sale version      KEYS[5]  the ready marker     KEYS[6]  the rate limits hash
--- KEYS[7..] per order, in batch order: the order hash, its user's orders:user bucket, its
---          service key's orders:key bucket (gateway/ratelimits.py), then (only for an order in a sale)
+-- KEYS[7..] per order, in batch order: the order hash, its locator (gateway/keys.py), its
+--          user's orders:user bucket, its service key's orders:key bucket
+--          (gateway/ratelimits.py), then (only for an order in a sale)
 --          the sale hash and the user's counter in that sale, then one stock hash per line,
 --          then one holders zset per line (order ids whose record names the SKU, scored by
 --          the record's expiry: gateway/soldout.py lets those past a sold-out SKU's flag)
 -- ARGV[1]  seconds an order record (the idempotency record) lives
 -- ARGV[2]  JSON batch: {"p": [[wh, ...], ...],            preference lists, shared
 --                      "o": [[order_id, payload, ttl_ms, [[sku, qty, pref_index, price], ...],
---                             channel, in_sale, max_stock, by_key], ...]}
+--                             channel, in_sale, max_stock, by_key, loc], ...]}
 --          payload is the canonical order JSON: equal payloads mean the same order; price
 --          is the line's unit price or -1; in_sale is 1 when the order names a sale;
 --          max_stock is 1 when lines draw from the warehouses with most stock first; by_key
---          is 1 when a service key sent it (its bucket counts), 0 for a user's token.
+--          is 1 when a service key sent it (its bucket counts), 0 for a user's token; loc
+--          is this partition's tag when the order's locator is kept here (this is the
+--          order id's home partition, of several), else "": a locator naming another
+--          partition means the id was taken there, with another payload.
 -- ARGV[3]  the warehouse version the preference lists were computed from
 -- ARGV[4]  the most entries the stream may hold (0: no limit); written entries are deleted,
 --          so its length is what PostgreSQL has yet to receive
@@ -157,16 +161,21 @@ for i = 1, #orders do
   local o = orders[i]
   local order_id, payload, ttl_ms, lines, channel, in_sale = o[1], o[2], o[3], o[4], o[5], o[6] == 1
   local max_stock, by_key = o[7] == 1, o[8] == 1
-  local order_key, user_bucket, key_bucket = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local sale_key, counter_key = KEYS[k + 3], KEYS[k + 4]
-  local first_stock = k + 3
-  if in_sale then first_stock = k + 5 end
+  local loc = o[9]
+  local order_key, locator_key, user_bucket, key_bucket = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local sale_key, counter_key = KEYS[k + 4], KEYS[k + 5]
+  local first_stock = k + 4
+  if in_sale then first_stock = k + 6 end
   local first_holders = first_stock + #lines
   k = first_holders + #lines
 
   local seen = redis.call('HMGET', order_key, 'p', 'a', 'c', 'u', 's')
   local refusal, units, sale_ttl, sale_end = nil, 0, nil, nil
-  if not seen[1] then refusal = rate_check(user_bucket, key_bucket, by_key) end
+  if not seen[1] and loc ~= '' then
+    local at = redis.call('GET', locator_key)
+    if at and at ~= loc then refusal = {3} end
+  end
+  if not seen[1] and not refusal then refusal = rate_check(user_bucket, key_bucket, by_key) end
   if not seen[1] and not refusal and in_sale then
     refusal, units, sale_ttl, sale_end = sale_check(sale_key, counter_key, lines, channel)
     if sale_ttl and sale_ttl ~= '' then ttl_ms = tonumber(sale_ttl) end
@@ -203,6 +212,7 @@ for i = 1, #orders do
         's', 'pending_payment', 'n', 1)
       local lives = math.max(record_ttl, math.ceil(ttl_ms / 1000) + 3600)
       redis.call('EXPIRE', order_key, lives)
+      if loc ~= '' then redis.call('SET', locator_key, loc, 'EX', lives) end
       for j = 1, #lines do
         local holders_key = KEYS[first_holders + j - 1]
         redis.call('ZREMRANGEBYSCORE', holders_key, '-inf', now)

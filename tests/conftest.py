@@ -167,6 +167,9 @@ def settings(backends: Backends) -> Settings:
         "OMS_REDIS_URL": backends.redis_url, "OMS_DATABASE_URL": backends.database_url,
         "OMS_API_KEYS": API_KEYS, "OMS_JWT_SECRET": SECRET, "OMS_ENV": "test",
         "OMS_WRITER_CLAIM_IDLE_MS": "200",
+        # make test-cluster runs the cluster files again with the stock over three partitions
+        **{k.replace("OMS_TEST_", "OMS_"): v for k, v in os.environ.items()
+           if k in ("OMS_TEST_PARTITIONS", "OMS_TEST_PARTITION_SEP")},
     })
 
 

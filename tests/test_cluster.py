@@ -109,6 +109,21 @@ async def test_serve_on_the_cluster_takes_orders_writes_them_and_stops_cleanly(c
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
+async def test_three_partitions_sit_on_three_primaries_and_sell_there(on_cluster, cluster):
+    gw = await on_cluster(partitions=3)
+    client = gw.app[K.REDIS]
+    layout = keys.Partitions(3)
+    assert len({client.get_node_from_key(keys.events(p)).port for p in layout.all()}) == 3
+    skus = {layout.of_sku(f"g{n}:x"): f"g{n}:x" for n in range(40)}
+    assert len(skus) == 3
+    for sku in skus.values():
+        await gw.set_stock(sku, {"W1": 2})
+    answers = await asyncio.gather(*(gw.post("/v1/orders", order_body(f"p-{sku}-{n}", f"u-{n}", [{"sku": sku, "qty": 1}]),
+                                             auth("k-web")) for sku in skus.values() for n in range(3)))
+    assert sorted(r.status for r in answers) == [201] * 6 + [409] * 3
+    await gw.caught_up()
+
+
 # last in the file: it leaves the cluster failed over
 async def test_a_primary_killed_under_load_loses_no_acknowledged_order_and_oversells_nothing(on_cluster, cluster, pg):
     gw = await on_cluster(durability="replicated")
@@ -153,3 +168,4 @@ async def test_a_primary_killed_under_load_loses_no_acknowledged_order_and_overs
     assert rows == set(acknowledged)  # none lost, none that was refused
     view = await gw.stock("HOT")
     assert view["available"] == 0 and view["reserved"] == stock
+

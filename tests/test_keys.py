@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from gateway import keys
 from tests.conftest import auth, order_body
@@ -15,6 +17,7 @@ BUILDERS = {
     "events": keys.events, "warehouses": keys.warehouses, "wh_version": keys.wh_version, "sale": keys.sale,
     "sales": keys.sales, "sale_version": keys.sale_version, "sale_user": keys.sale_user,
     "stockstate": keys.stock_state, "ready": keys.ready, "ratelimits": keys.rate_limits, "bucket": keys.bucket,
+    "locator": keys.locator,
 }
 # Characters that mean something in a key (separator, hash tag, glob, digits of a length
 # prefix) or in the kind words, and any other character a user id may hold.
@@ -45,7 +48,7 @@ def test_different_inputs_never_give_the_same_key(a, b):
 def readings(key: str):
     """Every (kind, ids) whose ids are the key's ``:``-separated pieces, cut anywhere: the
     inputs a naive join of kind and ids would confuse with each other."""
-    pieces = key.removeprefix(f"{keys.PREFIX}:{keys.partition()}:").split(":")
+    pieces = key.removeprefix(f"{keys.PREFIX}:{keys.ONE}:").split(":")
     for kind, arity in keys.KINDS.items():
         if pieces[0] != kind or (arity == 0) != (len(pieces) == 1):
             continue
@@ -78,7 +81,7 @@ def test_every_key_parses_back_to_its_kind_and_ids(a):
 def test_the_partition_tag_is_the_first_hash_tag(a):
     key = key_of(*a)
     start = key.index("{")
-    assert key[start:key.index("}", start) + 1] == keys.partition()
+    assert key[start:key.index("}", start) + 1] == keys.ONE
 
 
 @given(inputs())
@@ -134,3 +137,36 @@ async def test_a_sale_named_like_a_users_counter_leaves_that_counter_alone(gw, r
     views = [await (await gw.client.get(f"/v1/sales/{s}", headers=auth("k-ops"))).json() for s in ("kc", "kc:u:bob")]
     assert [v["sold"] for v in views] == [1, 1]
     assert views[1]["per_user_limit"] == 4
+
+
+def test_one_partition_is_p0_for_everything():
+    layout = keys.Partitions()
+    assert layout.all() == (keys.ONE,) == ("{p0}",)
+    assert {layout.of_sku("a/b"), layout.of_sku("x"), layout.home("o-1"), layout.of_skus(["a", "b/c"])} == {"{p0}"}
+    assert layout.mark == "1"  # what ready markers held before partitions existed
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 7, 16, 64])
+def test_partition_i_lies_in_the_ith_of_n_equal_slot_ranges(count):
+    tags = keys.Partitions(count).all()
+    assert len(set(tags)) == count
+    for i, tag in enumerate(tags):
+        slot = key_slot(keys.stock("x", tag).encode())
+        assert i * REDIS_CLUSTER_HASH_SLOTS // count <= slot < (i + 1) * REDIS_CLUSTER_HASH_SLOTS // count
+        assert keys.parse(keys.order("o:1", tag)) == ("order", tag, ("o:1",))
+
+
+def test_a_sku_goes_with_its_group_and_an_order_of_two_groups_spans():
+    layout = keys.Partitions(16)
+    assert layout.of_sku("s11:tv") == layout.of_sku("s11:phone") == layout.of_sku("s11")
+    groups = {layout.of_sku(f"g{n}:x") for n in range(200)}
+    assert len(groups) == 16  # CRC-32 spreads groups over every partition
+    a, b = next((f"g{n}:x", f"g{m}/x") for n in range(50) for m in range(50)
+                if layout.of_sku(f"g{n}:x") != layout.of_sku(f"g{m}/x"))
+    with pytest.raises(keys.SpansPartitions):
+        layout.of_skus([a, b])
+    assert layout.of_skus([a, a.replace(":x", ":y")]) == layout.of_sku(a)
+    whole = keys.Partitions(16, "")  # no separator: each SKU is its own group
+    assert len({whole.of_sku(f"s11:{n}") for n in range(200)}) == 16
+    assert keys.Partitions(16, "-").of_sku("s11-tv") == keys.Partitions(16, "-").of_sku("s11-phone")
+    assert layout.mark == "16|:" and whole.mark == "16|"

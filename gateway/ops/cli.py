@@ -201,10 +201,10 @@ def reconcile(settings: Settings, fix: bool) -> int:
     async def run(redis_url: str, database_url: str) -> dict[str, object]:
         async with stores(redis_url, database_url) as (client, pool):
             if not fix:
-                return await reconciler.reconcile(client, pool)
+                return await reconciler.reconcile(client, pool, layout=settings.layout)
             scripts = Scripts(client)
             await scripts.load()
-            return await reconciler.repair(client, pool, scripts)
+            return await reconciler.repair(client, pool, scripts, layout=settings.layout)
 
     with backends(settings) as settings:
         assert settings.redis_url and settings.database_url
@@ -231,7 +231,7 @@ def rebuild_redis(settings: Settings, force: bool) -> int:
                     bar.update(tasks[step], completed=done)
 
                 return await rebuild.rebuild(client, pool, idempotency_ttl=settings.idempotency_ttl,
-                                             progress=report, force=force)
+                                             progress=report, force=force, layout=settings.layout)
 
     with backends(settings) as settings:
         assert settings.redis_url and settings.database_url
@@ -281,8 +281,8 @@ def rate_limit(settings: Settings, action: str, scope: str | None, rate: float |
         client = redisconn.connect(redis_url, socket_timeout=10)
         try:
             if action != "show":
-                await ratelimits.put(client, scope, limit)  # type: ignore[arg-type]
-            return {s: dataclasses.asdict(v) for s, v in (await ratelimits.read(client)).items()}
+                await ratelimits.put(client, scope, limit, settings.layout)  # type: ignore[arg-type]
+            return {s: dataclasses.asdict(v) for s, v in (await ratelimits.read(client, settings.layout)).items()}
         finally:
             await client.aclose()
 

@@ -59,20 +59,21 @@ class Refused(Exception):
     """The rebuild did not start (Redis in service) or stopped before writing (events not yet written)."""
 
 
-async def in_service(redis: aioredis.Redis) -> bool:
-    """True when the marker is set and Redis holds warehouses, sales, orders or stock."""
-    if not await redis.exists(keys.ready()):
-        return False
-    if await redis.exists(keys.warehouses(), keys.sales(), keys.expiry()):
-        return True
-    async for _ in redis.scan_iter(match=keys.stock_pattern(), count=BATCH):
-        return True
+async def in_service(redis: aioredis.Redis, layout: keys.Partitions = keys.SINGLE) -> bool:
+    """True when a partition's marker is set and it holds warehouses, sales, orders or stock."""
+    for p in layout.all():
+        if not await redis.exists(keys.ready(p)):
+            continue
+        if await redis.exists(keys.warehouses(p), keys.sales(p), keys.expiry(p)):
+            return True
+        async for _ in redis.scan_iter(match=keys.stock_pattern(p), count=BATCH):
+            return True
     return False
 
 
 async def rebuild(
     redis: aioredis.Redis, pool: asyncpg.Pool, *, idempotency_ttl: int, progress: Progress | None = None,
-    force: bool = False,
+    force: bool = False, layout: keys.Partitions = keys.SINGLE,
 ) -> dict[str, Any]:
     """Restore Redis from PostgreSQL and set the ready marker; returns counts of what was restored.
 
@@ -82,30 +83,34 @@ async def rebuild(
     ``conservation`` lists pairs where PostgreSQL reserves more than it has on hand; their
     availability is set to 0.
     """
-    if not force and await in_service(redis):
+    if not force and await in_service(redis, layout):
         raise Refused("Redis is in service (ready marker set, state present); --force replaces its state")
-    await redis.delete(keys.ready())  # nothing sells from here until the end
+    # the partitions of this layout, and one partition's keys left from before OMS_PARTITIONS was set
+    every = list(dict.fromkeys([*layout.all(), keys.ONE]))
+    for p in every:  # nothing sells from here until the end
+        await redis.delete(keys.ready(p))
     await restocked(redis)  # nor is refused as sold out by a process's memory
-    unwritten = sum([await redis.xlen(keys.events(p)) for p in keys.all_partitions()])
+    unwritten = sum([await redis.xlen(keys.events(p)) for p in every])
     if unwritten:
         raise Refused(f"{unwritten} event(s) in Redis are not in PostgreSQL yet; orders answer 503 now, "
                       "so the writers (a running gateway) drain them: run again once they have")
-    await _clear(redis)
+    await _clear(redis, every)
     report = progress or (lambda step, done, total: None)
     counts: dict[str, Any] = {}
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        counts["warehouses"] = await _warehouses(redis, conn)
+        counts["warehouses"] = await _warehouses(redis, conn, layout)
         report("warehouses", counts["warehouses"], counts["warehouses"])
-        counts["sales"], counts["sale_users"] = await _sales(redis, conn, report)
-        counts["stock"], counts["conservation"] = await _stock(redis, conn, report)
-        counts["orders"], counts["pending"] = await _orders(redis, conn, report, idempotency_ttl)
-    for p in keys.all_partitions():
+        counts["sales"], counts["sale_users"] = await _sales(redis, conn, report, layout)
+        counts["stock"], counts["conservation"] = await _stock(redis, conn, report, layout)
+        counts["orders"], counts["pending"] = await _orders(redis, conn, report, idempotency_ttl, layout)
+    for p in layout.all():
         try:  # the stream is empty (checked above), so "$" loses nothing
             await redis.xgroup_create(keys.events(p), keys.WRITER_GROUP, id="$", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-    await redis.set(keys.ready(), "1")
+    for p in layout.all():
+        await redis.set(keys.ready(p), layout.mark)
     await restocked(redis)
     return counts
 
@@ -134,41 +139,47 @@ async def _rows(conn: asyncpg.Connection, sql: str, *args: Any) -> tuple[int, An
     return total, conn.cursor(sql, *args, prefetch=BATCH)
 
 
-async def _clear(redis: aioredis.Redis) -> None:
-    """Delete every key the rebuild writes, so none that PostgreSQL no longer knows lingers."""
-    doomed = [keys.warehouses(), keys.sales(), keys.expiry()]
-    for pattern in map(keys.pattern, ("stock", "order", "sale", "sale_user", "holders")):
-        async for key in redis.scan_iter(match=pattern, count=BATCH):
-            doomed.append(key)
-            if len(doomed) >= BATCH:
-                await redis.unlink(*doomed)
-                doomed = []
-    if doomed:
-        await redis.unlink(*doomed)
+async def _clear(redis: aioredis.Redis, partitions: list[str]) -> None:
+    """Delete every key the rebuild writes, so none that PostgreSQL no longer knows lingers
+    (one partition at a time: a Cluster's UNLINK takes keys of one slot)."""
+    for p in partitions:
+        doomed: list[Any] = [keys.warehouses(p), keys.sales(p), keys.expiry(p)]
+        for kind in ("stock", "order", "sale", "sale_user", "holders", "locator"):
+            async for key in redis.scan_iter(match=keys.pattern(kind, p), count=BATCH):
+                doomed.append(key)
+                if len(doomed) >= BATCH:
+                    await redis.unlink(*doomed)
+                    doomed = []
+        if doomed:
+            await redis.unlink(*doomed)
 
 
-async def _warehouses(redis: aioredis.Redis, conn: asyncpg.Connection) -> int:
+async def _warehouses(redis: aioredis.Redis, conn: asyncpg.Connection, layout: keys.Partitions) -> int:
     rows = await conn.fetch(WAREHOUSES)
-    pipe = redis.pipeline(transaction=True)
-    if rows:
-        pipe.hset(keys.warehouses(), mapping={
-            r["warehouse_id"]: encode_warehouse(r["priority"], r["region"], r["active"]) for r in rows})
-    pipe.incr(keys.wh_version())  # every process reloads its cache on the next reserve
-    await pipe.execute()
+    for p in layout.all():  # every partition keeps the table
+        pipe = redis.pipeline(transaction=True)
+        if rows:
+            pipe.hset(keys.warehouses(p), mapping={
+                r["warehouse_id"]: encode_warehouse(r["priority"], r["region"], r["active"]) for r in rows})
+        pipe.incr(keys.wh_version(p))  # every process reloads its cache on the next reserve
+        await pipe.execute()
     return len(rows)
 
 
-async def _sales(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progress) -> tuple[int, int]:
+async def _sales(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progress,
+                 layout: keys.Partitions) -> tuple[int, int]:
     """Per-user counters first (they sum to each sale's ``sold``), then the sale hashes; (sales, counters)."""
-    sales = {r["sale_id"]: rules(msgspec.json.decode(r["definition"], type=SaleIn))
-             for r in await conn.fetch("SELECT sale_id, definition::text AS definition FROM sales")}
+    defs = {r["sale_id"]: msgspec.json.decode(r["definition"], type=SaleIn)
+            for r in await conn.fetch("SELECT sale_id, definition::text AS definition FROM sales")}
+    sales = {sale_id: rules(sale) for sale_id, sale in defs.items()}
+    where = {sale_id: layout.of_skus(sale.skus) for sale_id, sale in defs.items()}
     sold, users = dict.fromkeys(sales, 0), 0
     total, rows = await _rows(conn, SALE_UNITS)
     out = _Pipe(redis, report, "sale counters", total)
     async for r in rows:
         sale_id, units = r["sale_id"], r["units"]
         if sale_id in sales:
-            key = keys.sale_user(sale_id, r["user_id"])
+            key = keys.sale_user(sale_id, r["user_id"], where[sale_id])
             out.pipe.hset(key, "units", units)
             out.pipe.pexpireat(key, int(sales[sale_id]["e"]) + COUNTER_LIFE_MS)
             sold[sale_id] += units
@@ -177,15 +188,17 @@ async def _sales(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progre
     await out.flush()
     out = _Pipe(redis, report, "sales", len(sales))
     for sale_id, fields in sales.items():
-        out.pipe.hset(keys.sale(sale_id), mapping={**fields, "sold": sold[sale_id]})
-        out.pipe.sadd(keys.sales(), sale_id)
+        out.pipe.hset(keys.sale(sale_id, where[sale_id]), mapping={**fields, "sold": sold[sale_id]})
+        out.pipe.sadd(keys.sales(where[sale_id]), sale_id)
         await out.row_done()
-    out.pipe.incr(keys.sale_version())
+    for p in layout.all():
+        out.pipe.incr(keys.sale_version(p))
     await out.flush()
     return len(sales), users
 
 
-async def _stock(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progress) -> tuple[int, list[dict[str, Any]]]:
+async def _stock(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progress,
+                 layout: keys.Partitions) -> tuple[int, list[dict[str, Any]]]:
     """Every (sku, warehouse): reserved from open orders, the rest of on hand available."""
     broken = []
     total, rows = await _rows(conn, PG_STOCK, list(HOLDING))
@@ -196,30 +209,38 @@ async def _stock(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progre
             log.warning("conservation broken in PostgreSQL: %s in %s has %d on hand but %d reserved; "
                         "available set to 0", sku, wh, on_hand, reserved)
             broken.append({"sku": sku, "warehouse": wh, "on_hand": on_hand, "reserved": reserved})
-        out.pipe.hset(keys.stock(sku), mapping={wh: max(on_hand - reserved, 0), reserved_field(wh): reserved})
+        out.pipe.hset(keys.stock(sku, layout.of_sku(sku)), mapping={wh: max(on_hand - reserved, 0), reserved_field(wh): reserved})
         await out.row_done()
     await out.flush()
     return total, broken
 
 
 async def _orders(
-    redis: aioredis.Redis, conn: asyncpg.Connection, report: Progress, record_ttl: int
+    redis: aioredis.Redis, conn: asyncpg.Connection, report: Progress, record_ttl: int, layout: keys.Partitions,
 ) -> tuple[int, int]:
     """Order records as ``orders.record_of`` builds them, TTLs as the scripts set; (orders, pending)."""
     pending, now_ms = 0, int(time.time() * 1000)
     total, rows = await _rows(conn, ORDERS, list(HOLDING), record_ttl)
     out = _Pipe(redis, report, "orders", total)
     async for r in rows:
-        key = keys.order(r["order_id"])
+        items = decode_order(r["payload"].encode()).items
+        try:
+            p = layout.of_skus(item.sku for item in items)
+        except keys.SpansPartitions:
+            raise Refused(f"order {r['order_id']!r} holds SKUs of several partitions under "
+                          f"OMS_PARTITIONS={layout.count}; rebuild with the layout it was taken under") from None
+        key = keys.order(r["order_id"], p)
         out.pipe.hset(key, mapping=record_of(r))
         ttl = record_ttl
         if r["status"] == "pending_payment":  # reserve.lua: the record outlives its reservation
             ttl = max(record_ttl, math.ceil((r["until_ms"] - r["created_ms"]) / 1000) + 3600)
-            out.pipe.zadd(keys.expiry(), {r["order_id"]: r["until_ms"]})
+            out.pipe.zadd(keys.expiry(p), {r["order_id"]: r["until_ms"]})
             pending += 1
         out.pipe.expire(key, ttl)
-        for item in decode_order(r["payload"].encode()).items:  # reserve.lua: the SKU's holders
-            out.pipe.zadd(keys.holders(item.sku), {r["order_id"]: now_ms + ttl * 1000})
+        if layout.count > 1:  # reserve.lua: where lifecycle calls find it
+            out.pipe.set(keys.locator(r["order_id"], layout.home(r["order_id"])), p, ex=ttl)
+        for item in items:  # reserve.lua: the SKU's holders
+            out.pipe.zadd(keys.holders(item.sku, p), {r["order_id"]: now_ms + ttl * 1000})
         await out.row_done()
     await out.flush()
     return total, pending

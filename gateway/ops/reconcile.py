@@ -40,17 +40,19 @@ PG_STOCK = """
     FROM inventory i FULL JOIN held h USING (sku, warehouse)"""
 
 
-async def _quiet_mark(redis: aioredis.Redis) -> list[Any] | None:
+async def _quiet_mark(redis: aioredis.Redis, layout: keys.Partitions) -> list[Any] | None:
     """Each events stream's last generated id when all are drained, else None.
 
     A stream or writer group that does not exist yet holds nothing (its error reads as empty).
+    Each partition is read in a transaction of its own (a Cluster's spans one slot).
     """
-    pipe = redis.pipeline(transaction=True)
-    for p in keys.all_partitions():
+    replies = []
+    for p in layout.all():
+        pipe = redis.pipeline(transaction=True)
         pipe.xlen(keys.events(p))
         pipe.xpending(keys.events(p), keys.WRITER_GROUP)
         pipe.xinfo_stream(keys.events(p))
-    replies = await pipe.execute(raise_on_error=False)
+        replies += await pipe.execute(raise_on_error=False)
     mark = []
     for length, pending, info in zip(replies[::3], replies[1::3], replies[2::3], strict=True):
         if length or (not isinstance(pending, Exception) and pending["pending"]):
@@ -65,14 +67,14 @@ async def _postgres_stock(pool: asyncpg.Pool) -> dict[Pair, tuple[int, int]]:
     return {(r["sku"], r["warehouse"]): (r["on_hand"], r["reserved"]) for r in rows}
 
 
-async def _redis_stock(redis: aioredis.Redis) -> dict[Pair, tuple[int, int]]:
+async def _redis_stock(redis: aioredis.Redis, layout: keys.Partitions) -> dict[Pair, tuple[int, int]]:
     """(sku, warehouse) -> (available, reserved) from every stock hash; a missing field is 0."""
     skus: set[str] = set()
-    for p in keys.all_partitions():
+    for p in layout.all():
         skus.update([keys.parse(k)[2][0] async for k in redis.scan_iter(match=keys.stock_pattern(p), count=1000)])
     pipe = redis.pipeline(transaction=False)
     for sku in sorted(skus):
-        pipe.hgetall(keys.stock(sku, keys.partition(sku)))
+        pipe.hgetall(keys.stock(sku, layout.of_sku(sku)))
     stock: dict[Pair, tuple[int, int]] = {}
     for sku, raw in zip(sorted(skus), await pipe.execute(), strict=True):
         for field, value in raw.items():
@@ -87,7 +89,8 @@ def _view(available: int, reserved: int) -> dict[str, int]:
     return {"on_hand": available + reserved, "reserved": reserved, "available": available}
 
 
-async def reconcile(redis: aioredis.Redis, pool: asyncpg.Pool, wait: float = 5.0) -> dict[str, Any]:
+async def reconcile(redis: aioredis.Redis, pool: asyncpg.Pool, wait: float = 5.0,
+                    layout: keys.Partitions = keys.SINGLE) -> dict[str, Any]:
     """Compare every SKU and warehouse either store knows; ``lagging`` when no quiet moment came in ``wait`` s.
 
     ``ok`` is false on any drift or on a conservation violation in either store (Redis: a
@@ -98,12 +101,12 @@ async def reconcile(redis: aioredis.Redis, pool: asyncpg.Pool, wait: float = 5.0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
-        mark = await _quiet_mark(redis)
+        mark = await _quiet_mark(redis, layout)
         late = loop.time() >= deadline
         if mark is not None or late:
             pg_side = await _postgres_stock(pool)
-            redis_side = await _redis_stock(redis)
-            quiet = mark is not None and await _quiet_mark(redis) == mark
+            redis_side = await _redis_stock(redis, layout)
+            quiet = mark is not None and await _quiet_mark(redis, layout) == mark
             if quiet or late:
                 break
         await asyncio.sleep(POLL)
@@ -128,7 +131,8 @@ async def reconcile(redis: aioredis.Redis, pool: asyncpg.Pool, wait: float = 5.0
 REPAIR_REFUSALS = {Repair.CHANGED_MEANWHILE: "changed_meanwhile", Repair.NEGATIVE_AVAILABLE: "postgres_negative_available"}
 
 
-async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wait: float = 5.0) -> dict[str, Any]:
+async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wait: float = 5.0,
+                 layout: keys.Partitions = keys.SINGLE) -> dict[str, Any]:
     """Rewrite every drifted warehouse in Redis from PostgreSQL, one atomic script call per SKU.
 
     A SKU is left alone, every drifted warehouse of it listed in ``refused`` with the
@@ -137,9 +141,9 @@ async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wa
     it would make availability negative. ``ok`` is true when nothing was refused. A Redis
     without the ready marker lost more than stock: that is ``rebuild-redis``'s work.
     """
-    if not await redis.exists(keys.ready()):
+    if not all([await redis.exists(keys.ready(p)) for p in layout.all()]):
         raise NotReady("Redis lost its data: run `python -m gateway rebuild-redis`, not a repair")
-    report = await reconcile(redis, pool, wait)
+    report = await reconcile(redis, pool, wait, layout)
     repaired, refused = [], []
     for sku, group in itertools.groupby(report["drift"], key=lambda d: d["sku"]):
         entries = list(group)
@@ -150,7 +154,7 @@ async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wa
             for d in entries:
                 r, p = d["redis"], d["postgres"]
                 args += [d["warehouse"], r["available"], r["reserved"], p["available"], p["reserved"]]
-            reply = await scripts.call("repair", [keys.stock(sku, keys.partition(sku))], args)
+            reply = await scripts.call("repair", [keys.stock(sku, layout.of_sku(sku))], args)
             if int(reply[0]) == Repair.DONE:
                 await restocked(redis, sku)
             reason = REPAIR_REFUSALS.get(int(reply[0]))

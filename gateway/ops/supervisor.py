@@ -31,7 +31,7 @@ from prometheus_client import multiprocess
 from gateway import db, metrics, redisconn
 from gateway.config import Settings
 from gateway.ops import workerstate
-from gateway.writer import Writer
+from gateway.writer import Writers
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ async def run_writer(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    writer = Writer(client, pool, batch=settings.writer_batch, claim_idle_ms=settings.writer_claim_idle_ms,
+    writer = Writers(client, pool, settings.layout, batch=settings.writer_batch, claim_idle_ms=settings.writer_claim_idle_ms,
                     low_stock=settings.low_stock)
     publisher = metrics.Publisher()
     publisher.start()

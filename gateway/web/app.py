@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 
 from gateway import db, keys, metrics, redisconn, webhooks
 from gateway.coalescer import Coalescer
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.expirer import Expirer
 from gateway.inventory import WarehouseCache
 from gateway.livestats import Streams
@@ -30,7 +30,7 @@ from gateway.soldout import SoldOut
 from gateway.web import appkeys as K
 from gateway.web import live, urls
 from gateway.web.auth import Authenticator
-from gateway.writer import Writer
+from gateway.writer import Writers
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +69,31 @@ async def wait_aof_supported(client: aioredis.Redis) -> bool:
     return True
 
 
-async def mark_ready(client: aioredis.Redis, pool: asyncpg.Pool) -> bool:
-    """Set the ready marker on a new system; refuse to when Redis lost what PostgreSQL has.
+async def mark_ready(client: aioredis.Redis, pool: asyncpg.Pool, layout: keys.Partitions = keys.SINGLE) -> bool:
+    """Set the ready marker of each partition on a new system; refuse to when Redis lost what PostgreSQL has.
 
     Without the marker every script answers 503, never "insufficient stock": an empty Redis
     beside a PostgreSQL with orders and stock means Redis lost its data, and selling from it
     would oversell. ``python -m gateway rebuild-redis`` restores it and sets the marker.
+    The marker holds the partition layout (``OMS_PARTITIONS``): Redis laid out otherwise is a
+    configuration error, since its keys are not where this process would look.
     """
-    if await client.exists(keys.ready()):
+    tags = list(dict.fromkeys([*layout.all(), keys.ONE]))
+    pipe = client.pipeline(transaction=False)
+    for p in tags:
+        pipe.get(keys.ready(p))
+    marks = dict(zip(tags, await pipe.execute(), strict=True))
+    wrong = {p: m.decode() for p, m in marks.items() if m is not None and m.decode() != layout.mark}
+    if wrong:
+        raise ConfigError(f"OMS_PARTITIONS={layout.count}: Redis holds data laid out as {sorted(set(wrong.values()))} "
+                          "(partitions/separator); keep the settings it was made with, or rebuild Redis from PostgreSQL")
+    missing = [p for p in layout.all() if marks[p] is None]
+    if not missing:
         return True
     has_state = await pool.fetchval("SELECT EXISTS (SELECT 1 FROM inventory) OR EXISTS (SELECT 1 FROM orders)")
     if not has_state:
-        await client.set(keys.ready(), "1", nx=True)
+        for p in missing:
+            await client.set(keys.ready(p), layout.mark, nx=True)
         return True
     log.error("Redis has no state but PostgreSQL has orders and stock: Redis lost its data. "
               "Orders answer 503 until `python -m gateway rebuild-redis` restores it.")
@@ -90,8 +103,8 @@ async def mark_ready(client: aioredis.Redis, pool: asyncpg.Pool) -> bool:
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[K.SETTINGS]
     client = app[K.REDIS]
-    await mark_ready(client, app[K.PG])
-    cache = WarehouseCache(client)
+    await mark_ready(client, app[K.PG], settings.layout)
+    cache = WarehouseCache(client, settings.layout)
     await cache.load()
     app[K.WAREHOUSES] = cache
     if settings.durability == "async":
@@ -99,25 +112,26 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         wait_aof = False
     else:
         wait_aof = await wait_aof_supported(client)
-    sales = SaleCache(client)
+    sales = SaleCache(client, settings.layout)
     await sales.load()
     app[K.SALES] = sales
-    soldout = SoldOut(settings.redis_url, client)
+    soldout = SoldOut(settings.redis_url, client, layout=settings.layout)
     await soldout.start()
     coalescer = Coalescer(
         app[K.SCRIPTS], cache, sales, strategy=settings.strategy, reservation_ttl=settings.reservation_ttl,
         record_ttl=settings.idempotency_ttl, max_in_flight=settings.max_in_flight,
         max_batch=settings.max_batch, wait_aof=wait_aof, soldout=soldout, max_backlog=settings.max_backlog,
+        layout=settings.layout,
     )
     coalescer.start()
     app[K.COALESCER] = coalescer
-    writer = Writer(client, app[K.PG], batch=settings.writer_batch,
+    writer = Writers(client, app[K.PG], settings.layout, batch=settings.writer_batch,
                     claim_idle_ms=settings.writer_claim_idle_ms, low_stock=settings.low_stock)
     await writer.ensure_group()
     if settings.run_writer:
         writer.start()
     app[K.WRITER] = writer
-    expirer = Expirer(app[K.SCRIPTS], record_ttl=settings.idempotency_ttl)
+    expirer = Expirer(app[K.SCRIPTS], record_ttl=settings.idempotency_ttl, layout=settings.layout)
     expirer.start()
     app[K.EXPIRER] = expirer
     publisher = metrics.Publisher([

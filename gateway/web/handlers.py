@@ -120,7 +120,8 @@ def _order_id_of(raw: msgspec.Raw) -> str | None:
 
 async def get_order(request: web.Request) -> web.Response:
     who = principal(request)
-    order = await load_order(request.app[K.REDIS], request.app[K.PG], order_id_of(request))
+    order = await load_order(request.app[K.REDIS], request.app[K.PG], order_id_of(request),
+                             request.app[K.SETTINGS].layout)
     if order is None or not may_read(who, order["user_id"], order["channel"]):
         raise NotFound("No such order")  # never 403: ids cannot be probed
     return json(order)
@@ -140,7 +141,7 @@ async def change(request: web.Request, who: Principal, action: str, data: dict[s
     return await orders.change(app[K.SCRIPTS], app[K.PG], order_id_of(request), action, data,
                                record_ttl=app[K.SETTINGS].idempotency_ttl,
                                visible=lambda user_id, channel: may_read(who, user_id, channel),
-                               user_only=who.role == "user", **kwargs)
+                               user_only=who.role == "user", layout=app[K.SETTINGS].layout, **kwargs)
 
 
 async def optional_body(request: web.Request, type_: type[Any]) -> Any:
@@ -184,8 +185,25 @@ def service_transition(action: str, body_type: type[Any]) -> Any:
 async def get_inventory(request: web.Request) -> web.Response:
     principal(request).require("ops")
     sku = path_id(request, "sku", Sku)
-    (view,) = await stock_views(request.app[K.REDIS], [sku])
+    (view,) = await stock_views(request.app[K.REDIS], [sku], request.app[K.SETTINGS].layout)
     return json(await with_forecast(request.app, view))
+
+
+async def stream_figures(redis: Any, layout: keys.Partitions) -> dict[str, int | None]:
+    """Entries in the partitions' streams, and the writers' pending and lag summed over them
+    (None while a stream has no writers' group)."""
+    pipe = redis.pipeline(transaction=False)
+    for p in layout.all():
+        pipe.xlen(keys.events(p))
+        pipe.xinfo_groups(keys.events(p))
+    replies = await pipe.execute()
+    groups = [next((g for g in infos if g["name"] == keys.WRITER_GROUP.encode()), {}) for infos in replies[1::2]]
+
+    def total(field: str) -> int | None:
+        values = [g.get(field) for g in groups]
+        return None if any(v is None for v in values) else sum(values)
+
+    return {"stream_length": sum(replies[::2]), "writer_pending": total("pending"), "writer_lag": total("lag")}
 
 
 async def with_forecast(app: web.Application, view: dict[str, Any]) -> dict[str, Any]:
@@ -208,12 +226,11 @@ async def stats(request: web.Request) -> web.Response:
     app = request.app
     window = app[K.SETTINGS].forecast_window
     selling, pg_up = await unless_down(hot(app[K.PG], window, 20), [])
-    views = await stock_views(app[K.REDIS], [h.sku for h in selling])
+    views = await stock_views(app[K.REDIS], [h.sku for h in selling], app[K.SETTINGS].layout)
     for view in views:
         await with_forecast(app, view)
     coalescer = app[K.COALESCER]
-    group = next((g for g in await app[K.REDIS].xinfo_groups(keys.events())
-                  if g["name"] == keys.WRITER_GROUP.encode()), {})
+    streams = await stream_figures(app[K.REDIS], app[K.SETTINGS].layout)
     held, _ = await unless_down(quarantine.count(app[K.PG]), None)
     return json({
         # with OMS_WORKERS > 1 a request reaches one worker: the "worker" figures are its own
@@ -225,9 +242,8 @@ async def stats(request: web.Request) -> web.Response:
         "orders_in_flight": coalescer.in_flight, "reserve_batches": coalescer.batches,
         "sold_out_answers": coalescer.sold_out_answers,
         "orders_expired": app[K.EXPIRER].expired,
-        "stream_length": await app[K.REDIS].xlen(keys.events()),
-        # the writers run in other processes: their progress is read from the consumer group
-        "writer_pending": group.get("pending"), "writer_lag": group.get("lag"),
+        # the writers run in other processes: their progress is read from the consumer groups
+        **streams,
         "quarantined": held, "window_seconds": window, "skus": views,
         **({} if pg_up else {"unavailable": ["postgres"]}),  # the forecasts and the quarantine count
     })
@@ -266,15 +282,15 @@ async def put_sale_route(request: web.Request) -> web.Response:
     principal(request).require("ops")
     sale_id = path_id(request, "sale_id", SaleId)
     body = decode(await request.read(), SaleIn)
-    created = await put_sale(request.app[K.PG], request.app[K.REDIS], sale_id, body)
+    created = await put_sale(request.app[K.PG], request.app[K.REDIS], sale_id, body, request.app[K.SETTINGS].layout)
     await request.app[K.SALES].load()
-    view = await sale_view(request.app[K.REDIS], sale_id)
+    view = await sale_view(request.app[K.REDIS], sale_id, request.app[K.SETTINGS].layout)
     return json(view, 201 if created else 200)
 
 
 async def get_sale(request: web.Request) -> web.Response:
     principal(request).require("ops")
-    view = await sale_view(request.app[K.REDIS], path_id(request, "sale_id", SaleId))
+    view = await sale_view(request.app[K.REDIS], path_id(request, "sale_id", SaleId), request.app[K.SETTINGS].layout)
     if view is None:
         raise NotFound("No such sale")
     return json(view)

@@ -122,7 +122,7 @@ async def order_events(request: web.Request) -> web.Response:
     who = principal(request)
     order_id = order_id_of(request)
     app = request.app
-    found = await owner(app[K.REDIS], app[K.PG], order_id)
+    found = await owner(app[K.REDIS], app[K.PG], order_id, app[K.SETTINGS].layout)
     if found is None or not may_read(who, *found):
         raise NotFound("No such order")  # never 403: ids cannot be probed
     rows = await app[K.PG].fetch(
@@ -137,7 +137,7 @@ async def order_events(request: web.Request) -> web.Response:
 async def list_warehouses(request: web.Request) -> web.Response:
     """The table allocation uses (Redis), a warehouse stock named without configuring it included."""
     principal(request).require("ops")
-    table = await request.app[K.REDIS].hgetall(keys.warehouses())
+    table = await request.app[K.REDIS].hgetall(keys.warehouses(request.app[K.SETTINGS].layout.all()[0]))
     rows = []
     for wid, raw in table.items():
         priority, region, active = decode_warehouse(raw.decode())
@@ -150,8 +150,12 @@ async def list_sales(request: web.Request) -> web.Response:
     """Every sale with its live counts, latest start first."""
     principal(request).require("ops")
     redis = request.app[K.REDIS]
-    ids = sorted(s.decode() for s in await redis.smembers(keys.sales()))
-    views = [v for v in await sale_views(redis, ids) if v is not None]
+    layout = request.app[K.SETTINGS].layout
+    pipe = redis.pipeline(transaction=False)
+    for p in layout.all():
+        pipe.smembers(keys.sales(p))
+    ids = sorted({s.decode() for members in await pipe.execute() for s in members})
+    views = [v for v in await sale_views(redis, ids, layout) if v is not None]
     views.sort(key=lambda v: v["sale_id"])
     views.sort(key=lambda v: v["starts_at"], reverse=True)  # iso_ms strings sort as their times
     return json({"sales": views})
@@ -187,7 +191,7 @@ async def list_inventory(request: web.Request) -> web.Response:
         "SELECT DISTINCT sku FROM inventory" + where.sql() + " ORDER BY sku" + where.limit(limit + 1),
         *where.args)
     skus = [r["sku"] for r in rows[:limit]]
-    views = await stock_views(request.app[K.REDIS], skus)
+    views = await stock_views(request.app[K.REDIS], skus, request.app[K.SETTINGS].layout)
     for view in views:  # the forecast is GET /v1/inventory/{sku}'s: one query per SKU
         view.update(sales_per_minute=None, sell_out_eta=None)
     return json({"skus": views, "next": _sku_cursor(skus[-1]) if len(rows) > limit else None})

@@ -58,7 +58,7 @@ async def stats_stream(request: web.Request) -> web.StreamResponse:
     interval = interval_of(request.query)
     app = request.app
     live = Live(app[K.REDIS], app[K.PG], window=app[K.SETTINGS].forecast_window,
-                publish=app[K.PUBLISHER].publish, after=last_event_id(request))
+                publish=app[K.PUBLISHER].publish, after=last_event_id(request), layout=app[K.SETTINGS].layout)
     await live.start()
     streams = app[K.LIVE]
     with streams.opened():

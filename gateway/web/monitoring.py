@@ -16,5 +16,5 @@ async def metrics_page(request: web.Request) -> web.Response:
     app[K.PUBLISHER].publish()
     settings = app[K.SETTINGS]
     extra = await scrape.global_families(app[K.REDIS], app[K.PG], hot_skus=settings.metrics_hot_skus,
-                                         window=settings.forecast_window)
+                                         window=settings.forecast_window, layout=settings.layout)
     return web.Response(body=metrics.exposition(extra), headers={"Content-Type": metrics.CONTENT_TYPE})

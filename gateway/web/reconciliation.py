@@ -12,11 +12,11 @@ from gateway.web.common import json, principal
 
 async def get_reconciliation(request: web.Request) -> web.Response:
     principal(request).require("ops")
-    return json(await reconcile(request.app[K.REDIS], request.app[K.PG]))
+    return json(await reconcile(request.app[K.REDIS], request.app[K.PG], layout=request.app[K.SETTINGS].layout))
 
 
 async def post_repair(request: web.Request) -> web.Response:
     if principal(request).role != "admin":
         raise Forbidden("Only admin may repair stock")
     app = request.app
-    return json(await repair(app[K.REDIS], app[K.PG], app[K.SCRIPTS]))
+    return json(await repair(app[K.REDIS], app[K.PG], app[K.SCRIPTS], layout=app[K.SETTINGS].layout))

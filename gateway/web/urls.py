@@ -52,7 +52,7 @@ OPS = ("ops", "admin")
 FULFIL = ("ops", "payments", "admin")
 ORDER_REFUSALS = ("forbidden", "idempotency_mismatch", "insufficient_stock", "limit_exceeded", "sale_not_active",
                   "price_mismatch", "sku_not_in_sale", "channel_not_allowed", "duplicate_sku", "overloaded",
-                  "not_ready", "rate_limited", "backlog_full")
+                  "not_ready", "rate_limited", "backlog_full", "spans_partitions")
 TRANSITION = ("forbidden", "not_found", "illegal_transition", "not_ready")
 FINANCE = ("payments", "ops", "admin")
 MONEY_CODES = ("forbidden", "unknown_parameter", "invalid_from", "invalid_to", "invalid_currency", "invalid_limit", "invalid_cursor")
@@ -125,7 +125,7 @@ ROUTES: list[Route] = [
     Route("PUT", "/v1/sales/{sale_id}", handlers.put_sale_route, "Create or update a sale", "sales", OPS, SaleIn,
           ok={201: S.SaleView, 200: S.SaleView},
           codes=("forbidden", "invalid_sale_id", "invalid_time", "invalid_window", "invalid_prices",
-                 "duplicate_sku")),
+                 "duplicate_sku", "sale_spans_partitions", "sale_moves_partition")),
     Route("GET", "/v1/sales/{sale_id}", handlers.get_sale, "A sale with live sold and remaining units", "sales",
           OPS, ok={200: S.SaleView}, codes=("forbidden", "invalid_sale_id", "not_found")),
     Route("GET", "/v1/warehouses", lists.list_warehouses, "Warehouses by priority, then id", "inventory", OPS,
