@@ -52,14 +52,19 @@ class Cluster:
         return f"redis://127.0.0.1:{self.port}"
 
 
+    def primaries(self) -> dict[str, int]:
+        """Every primary by name, for its CPU."""
+        return {f"Valkey primary :{port}": pid for port, pid in self.pids.items()}
+
+
 @contextlib.asynccontextmanager
-async def started(data_dir: Path) -> AsyncIterator[Cluster]:
+async def started(data_dir: Path, layout: keys.Partitions = keys.SINGLE) -> AsyncIterator[Cluster]:
     """A new cluster under ``data_dir`` (0 replicas, appendfsync always, as the one-node run's
-    Valkey), marked ready for the gateway; stopped when the block ends."""
+    Valkey), marked ready for a gateway of ``layout``; stopped when the block ends."""
     nodes = EmbeddedValkeyCluster(data_dir, primaries=PRIMARIES, replicas=REPLICAS, appendfsync="always")
     try:
         url = await asyncio.to_thread(nodes.start)  # it polls the nodes with sleeps
-        tag = keys.ONE
+        tag = layout.all()[0]
         client = redisconn.connect(url)
         assert isinstance(client, RedisCluster)
         try:
@@ -69,7 +74,8 @@ async def started(data_dir: Path) -> AsyncIterator[Cluster]:
             # An empty Redis beside a PostgreSQL holding orders is what a lost Redis looks like,
             # and the gateway would refuse to sell from it (gateway/web/app.py, mark_ready). This
             # one is new on purpose: mark it as a new system's first start marks its Redis.
-            await client.set(ready, "1")
+            for p in layout.all():
+                await client.set(keys.ready(p), layout.mark)
         finally:
             await client.aclose()
         yield Cluster(url, tag, slot, node.port, {port: proc.pid for port, proc in nodes.procs.items()})

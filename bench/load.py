@@ -37,6 +37,9 @@ DRAIN_TIMEOUT = 30.0
 
 
 def order_body(order_id: str, n: int, sku: str = "HOT") -> bytes:
+    """One unit of ``sku``; ``*N`` spreads the orders over SKUs ``s0`` … ``s<N-1>`` (as order.lua)."""
+    if sku.startswith("*"):
+        sku = f"s{n % int(sku[1:])}"
     return (f'{{"order_id":"{order_id}","user_id":"u-{n % 5000}","channel":"web",'
             f'"items":[{{"sku":"{sku}","qty":1}}]}}').encode()
 

@@ -1,9 +1,11 @@
--- wrk script: every request a new order id for one unit of SKU $SKU (default HOT).
+-- wrk script: every request a new order id for one unit of SKU $SKU (default HOT); SKU=*N
+-- spreads them over SKUs s0 … s<N-1> (bench/load.py's order_body does the same).
 -- It counts answers by status and prints "status <code> <n>" lines at the end: done() runs in
 -- its own Lua state and reads each thread's table through the handle setup() kept.
 local counter = 0
 local prefix = tostring(os.time()) .. "-" .. tostring(math.random(1, 1e9))
 local sku = os.getenv("SKU") or "HOT"
+local spread = sku:sub(1, 1) == "*" and tonumber(sku:sub(2))
 local key = os.getenv("KEY") or "dev-admin-key"
 local headers = {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json"}
 local threads = {}
@@ -13,7 +15,7 @@ request = function()
   counter = counter + 1
   local body = string.format(
     '{"order_id":"b-%s-%d","user_id":"u-%d","channel":"web","items":[{"sku":"%s","qty":1}]}',
-    prefix, counter, counter % 5000, sku)
+    prefix, counter, counter % 5000, spread and ("s" .. (counter % spread)) or sku)
   return wrk.format("POST", "/v1/orders", headers, body)
 end
 

@@ -128,7 +128,22 @@ def cluster_rows(results: dict[str, Any]) -> list[Row]:
          "the cluster client's cost, not scale-out"),
         ("cluster CPU s per 1000 orders", f"{c['gateway_cpu_per_1000']:.3f} HTTP, "
          f"{c['partition_primary_cpu_per_1000']:.3f} Valkey", _cpu(c["cpu_per_1000"], ".3f")),
+        *hot_rows(c.get("hot_sku")),
     ]
+
+
+def hot_rows(h: dict[str, Any] | None) -> list[Row]:
+    """The hot-SKU section: one SKU in buckets against orders spread over many SKUs."""
+    if not h:
+        return []
+    rows = []
+    for name, what in (("hot", f"one SKU in {h['buckets']} buckets"), ("spread", f"orders over {h['spread_skus']:,} SKUs")):
+        r = h[name]
+        rounds = ", ".join(f"{x['orders_per_s']:,.0f}" for x in r["rounds"])
+        rows.append((f"{what}, {h['partitions']} partitions on the cluster (best of {len(r['rounds'])})",
+                     f"{r['best_orders_per_s']:,.0f}",
+                     f"{rounds}; Valkey CPU s per 1000 orders: {_cpu(r['primary_cpu_per_1000'], '.3f')}"))
+    return rows
 
 
 def ratio_rows(results: dict[str, Any]) -> list[Row]:
@@ -153,6 +168,9 @@ def ratio_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(("cluster", f"{c['ratio_to_one_node']:.2f}", "", None,
                      f"orders/s on the cluster ÷ on one Valkey ({c['one_node_orders_per_s']:,.0f}/s), this run; "
                      f"all keys on one primary, so what the cluster client costs"))
+        if c.get("hot_sku"):
+            rows.append(("hot SKU", f"{c['hot_sku']['ratio_hot_to_spread']:.2f}", "", None,
+                         "one SKU in buckets ÷ orders spread over many SKUs, orders/s on the cluster this run"))
     return [(n, v, t, "" if met is None else ("yes" if met else "NO"), m) for n, v, t, met, m in rows]
 
 

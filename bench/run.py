@@ -40,6 +40,7 @@ from bench import cluster, procs
 from bench.load import HEADERS, closed_loop, open_loop, open_loop_procs, order_body, raise_fd_limit
 from bench.report import report
 from bench.rows import Visibility, copy_rate, wait_rows, watch_drain
+from gateway import keys
 from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -389,6 +390,52 @@ async def bench_cluster(servers: Servers, one_node_rate: float, opts: Options, w
                 "gateway_cpu_per_1000": cpu["gateway"], "partition_primary_cpu_per_1000": cpu[nodes.holder]}
 
 
+SPREAD_SKUS = 10_000  # the hot-SKU section's other load: orders over this many SKUs
+
+
+async def loaded_rounds(gw: Gateway, opts: Options, label: str, sku: str) -> list[dict[str, Any]]:
+    """Closed-loop rounds of ``sku`` (``*N``: spread) with CPU until PostgreSQL has each round's orders."""
+    expected = await gw.conn.fetchval("SELECT count(*) FROM orders")
+
+    async def load(seconds: int, name: str) -> dict[str, Any]:
+        nonlocal expected
+        before = gw.cpu()
+        result = await closed_loop(gw.base, seconds, name, sku)
+        expected += result["ok"]
+        await asyncio.wait_for(wait_rows(gw.conn, expected), 120)
+        result["cpu_s"] = procs.cpu_used(before, gw.cpu())
+        result["orders_per_s"] = result["ok"] / result["seconds"]
+        return result
+
+    if opts.warmup:
+        await load(opts.warmup, f"{label}-warm")
+    return [await load(opts.seconds, f"{label}-{n}") for n in range(opts.rounds)]
+
+
+async def bench_hot(servers: Servers, opts: Options, workdir: Path) -> dict[str, Any]:
+    """One SKU in a bucket per primary against orders spread over SPREAD_SKUS SKUs, on a new
+    cluster with a partition per primary: how near buckets bring one hot SKU to an even spread,
+    and how they share its Valkey CPU between the primaries."""
+    n = cluster.PRIMARIES
+    layout = keys.Partitions(n, ":", (("HOT", n),))
+    async with cluster.started(workdir / "cluster-hot", layout) as nodes:
+        on = dataclasses.replace(servers, redis_url=nodes.url, redis_pid=None, others=nodes.primaries())
+        async with gateway(on, workdir, "gateway-hot", OMS_PARTITIONS=str(n), OMS_HOT_SKUS=f"HOT={n}") as gw:
+            await gw.put_stock("HOT", STOCK)
+            hot = await loaded_rounds(gw, opts, "hot", "HOT")
+            for start in range(0, SPREAD_SKUS, 50):  # 500 at once ran out of cluster connections (503)
+                await asyncio.gather(*(gw.put_stock(f"s{i}", STOCK // SPREAD_SKUS)
+                                       for i in range(start, min(start + 50, SPREAD_SKUS))))
+            spread = await loaded_rounds(gw, opts, "spread", f"*{SPREAD_SKUS}")
+    result: dict[str, Any] = {"partitions": n, "buckets": n, "spread_skus": SPREAD_SKUS}
+    for name, rounds in (("hot", hot), ("spread", spread)):
+        cpu = cpu_per_1000(rounds)
+        result[name] = {"rounds": rounds, "best_orders_per_s": best(rounds), "cpu_per_1000": cpu,
+                        "primary_cpu_per_1000": {k: v for k, v in cpu.items() if k.startswith("Valkey primary")}}
+    result["ratio_hot_to_spread"] = result["hot"]["best_orders_per_s"] / result["spread"]["best_orders_per_s"]
+    return result
+
+
 async def run_bench(servers: Servers, opts: Options, workdir: Path) -> dict[str, Any]:
     """Run every measurement against the given servers; return the results (see bench.report)."""
     py, run_id = sys.executable, f"r{time.time_ns():x}"
@@ -408,6 +455,8 @@ async def run_bench(servers: Servers, opts: Options, workdir: Path) -> dict[str,
     writer = await writer_capacity(servers, gw["ledger"], opts, workdir, run_id)
     copy = await copy_rate(servers.database_url, writer["drain"]["rows"])
     clustered = await bench_cluster(servers, best(gw["rounds"]), opts, workdir) if opts.cluster else None
+    if clustered is not None:
+        clustered["hot_sku"] = await bench_hot(servers, opts, workdir)
     return summarize(opts, ceiling, naive, gw, floor, durable, writer, copy, clustered)
 
 

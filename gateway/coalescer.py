@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway import keys, metrics
+from gateway import buckets, keys, metrics
 from gateway.errors import (
     BackendDown,
     BacklogFull,
@@ -41,6 +41,7 @@ from gateway.wire import Reserve
 
 log = logging.getLogger(__name__)
 
+MAX_PULLS = 2  # per order and batch: a hot SKU's bucket refilled twice and short again answers short
 Result = tuple[int, dict[str, Any]]
 Queued = tuple[OrderIn, bytes, str, "asyncio.Future[Result]"]  # the order, its payload, its key_id ("": a user's)
 
@@ -195,13 +196,14 @@ class Coalescer:
         groups: dict[str, list[int]] = {} if several else {keys.ONE: list(range(len(batch)))}
         for i, (order, _, _) in enumerate(orders if several else ()):
             try:
-                p = self.layout.of_skus(item.sku for item in order.items)
+                p = self.layout.target((item.sku for item in order.items), order.user_id)
             except keys.SpansPartitions as exc:
                 results[i] = Invalid(f"the order's skus belong to more than one inventory partition ({exc}); "
                                      "order them apart", code="spans_partitions")
                 continue
             groups.setdefault(p, []).append(i)
         claimed = await self._claim(orders, groups, results) if several else []
+        pulls: dict[int, int] = {}  # order -> pulls made for it (gateway/buckets.py)
         while groups:
             parts = list(groups)
             calls = [reserve_call([orders[i] for i in groups[p]], self.warehouses, self.sales, self.strategy,
@@ -210,7 +212,7 @@ class Coalescer:
                                             if several and self.layout.home(orders[i][0].order_id) == p))
                      for p in parts]
             replies = await self.scripts.call_many("reserve", calls, wait_aof=self.wait_aof)
-            stale = False
+            stale, short = False, []
             for p, reply in zip(parts, replies, strict=True):
                 if isinstance(reply, Exception):
                     raise reply
@@ -225,6 +227,16 @@ class Coalescer:
                     continue
                 await self.sales.refresh(int(reply[1]), p)
                 for i, r in zip(idx, reply[2:], strict=True):
+                    if int(r[0]) == Reserve.SHORT and pulls.get(i, 0) < MAX_PULLS \
+                            and len(self.layout.places(orders[i][0].items[int(r[1])].sku)) > 1:
+                        short.append((p, i, r))
+                    else:
+                        results[i] = self._decode(orders[i][0], orders[i][1], r, epoch, pulls.get(i, 0) == 0)
+            for p, i, r in short:  # a hot SKU's bucket ran short: bring units from the others, try again
+                if await buckets.pull(self.scripts, self.layout, orders[i][0].items[int(r[1])].sku, p, int(r[2])):
+                    pulls[i] = pulls.get(i, 0) + 1
+                    groups.setdefault(p, []).append(i)
+                else:  # no other bucket has any: sold out everywhere
                     results[i] = self._decode(orders[i][0], orders[i][1], r, epoch)
             if stale:
                 await self.warehouses.load()
@@ -277,7 +289,10 @@ class Coalescer:
         ttl = sale.reservation_ttl if sale is not None and sale.reservation_ttl else self.ttl_ms // 1000
         return max(self.record_ttl, ttl + 3600)
 
-    def _decode(self, order: OrderIn, payload: bytes, r: list[Any], epoch: int) -> Result | Exception:
+    def _decode(self, order: OrderIn, payload: bytes, r: list[Any], epoch: int,
+                may_mark: bool = True) -> Result | Exception:
+        """The answer to one order's reply; ``may_mark`` False when a short line does not prove
+        the SKU sold out (a hot SKU's bucket refilled from the others ran short again)."""
         code = int(r[0])
         if code == Reserve.ACCEPTED or code == Reserve.REPLAYED:
             accepted = code == Reserve.ACCEPTED
@@ -292,7 +307,7 @@ class Coalescer:
             return Coalescer._sale_refusal(order, r[1].decode(), int(r[2]), int(r[3]))
         line, missing = int(r[1]), int(r[2])  # Reserve.SHORT
         sku = order.items[line].sku
-        if missing == order.items[line].qty and self.soldout is not None:  # nothing left anywhere
+        if missing == order.items[line].qty and may_mark and self.soldout is not None:  # nothing left anywhere
             self.soldout.mark(sku, epoch)
         return InsufficientStock(sku, missing)
 

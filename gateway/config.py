@@ -6,6 +6,7 @@ No other module reads ``os.environ``; tests pass a dict to ``Settings.from_env``
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,6 +67,7 @@ class Settings:
     export_prefetch: int = 500
     partitions: int = 1
     partition_sep: str = ":"
+    hot_skus: tuple[tuple[str, int], ...] = ()
 
     def __repr__(self) -> str:
         fields = dataclasses.asdict(self)
@@ -76,7 +78,7 @@ class Settings:
     @property
     def layout(self) -> keys.Partitions:
         """How SKUs, sales and orders map to inventory partitions (gateway/keys.py)."""
-        return keys.Partitions(self.partitions, self.partition_sep)
+        return keys.Partitions(self.partitions, self.partition_sep, self.hot_skus)
 
     @property
     def production(self) -> bool:
@@ -168,6 +170,7 @@ class Settings:
             export_prefetch=_int(v, "OMS_EXPORT_PREFETCH", 500, 1, 100_000),
             partitions=_int(v, "OMS_PARTITIONS", 1, 1, 1024),
             partition_sep=_separator(v, "OMS_PARTITION_SEP", ":"),
+            hot_skus=_hot_skus(v.get("OMS_HOT_SKUS", ""), _int(v, "OMS_PARTITIONS", 1, 1, 1024)),
         )
 
 
@@ -209,6 +212,21 @@ def _separator(v: Mapping[str, str], key: str, default: str) -> str:
     if len(raw) > 1 or (raw and not raw.isprintable()) or raw.isspace():
         raise ConfigError(f"{key}: expected one printable character, or none (the whole SKU), got {raw!r}")
     return raw
+
+
+def _hot_skus(raw: str, partitions: int) -> tuple[tuple[str, int], ...]:
+    """Parse ``sku=K,...``: each hot SKU's stock buckets, 2..OMS_PARTITIONS."""
+    found: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        sku, sep, k = part.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", sku) or not k.isdigit():
+            raise ConfigError(f"OMS_HOT_SKUS: expected sku=buckets, got {part!r}")
+        if not 2 <= int(k) <= partitions:
+            raise ConfigError(f"OMS_HOT_SKUS: {sku} wants {k} buckets; 2..OMS_PARTITIONS ({partitions})")
+        if sku in found:
+            raise ConfigError(f"OMS_HOT_SKUS: {sku} is named twice")
+        found[sku] = int(k)
+    return tuple(sorted(found.items()))
 
 
 def _bool(v: Mapping[str, str], key: str, default: bool) -> bool:

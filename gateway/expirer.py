@@ -1,4 +1,5 @@
 """The expirer: unpaid orders past ``reserved_until`` become cancelled (``expired``), stock back.
+Each pass also finishes the moves between a hot SKU's buckets that a dead process left.
 
 Every process runs one; they may race freely, because the transition script re-checks
 status and time atomically: of two expirers (or an expirer and a late payment) exactly one
@@ -12,7 +13,7 @@ import logging
 
 import orjson
 
-from gateway import keys
+from gateway import buckets, keys
 from gateway.errors import GatewayError
 from gateway.faults import log_retry
 from gateway.orders import check_reply, transition_call
@@ -54,6 +55,8 @@ class Expirer:
             try:
                 while await self.expire_due() == self.batch:
                     pass
+                for p in self.layout.all() if self.layout.hot else ():  # moves a dead process left
+                    await buckets.recover(self.scripts, p)
             except Exception as exc:
                 log_retry(log, exc, "expirer pass failed; retrying")
             async with self._pass:

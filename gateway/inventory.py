@@ -15,7 +15,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from allocator import Warehouse, plan, preference
-from gateway import keys
+from gateway import buckets, keys
 from gateway.errors import BelowReserved, NotReady
 from gateway.models import WarehouseIn
 from gateway.scripts import Scripts
@@ -105,14 +105,32 @@ def stock_view(sku: str, raw: dict[bytes, bytes], active: Collection[str]) -> di
     }
 
 
+async def stock_hashes(redis: aioredis.Redis, skus: list[str], layout: keys.Partitions,
+                       first: Collection[tuple[str, Any]] = ()) -> tuple[list[Any], list[dict[bytes, bytes]]]:
+    """The replies of ``first`` (command, args) and each SKU's stock hash, a hot SKU's buckets
+    summed field by field, in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    for command, args in first:
+        getattr(pipe, command)(*args)
+    for sku in skus:
+        for p in layout.places(sku):
+            pipe.hgetall(keys.stock(sku, p))
+    replies = await pipe.execute()
+    head, rest = replies[:len(first)], iter(replies[len(first):])
+    merged = []
+    for sku in skus:
+        total: dict[bytes, int] = {}
+        for _ in layout.places(sku):
+            for field, value in next(rest).items():
+                total[field] = total.get(field, 0) + int(value)
+        merged.append({f: str(v).encode() for f, v in total.items()})
+    return head, merged
+
+
 async def stock_views(redis: aioredis.Redis, skus: list[str],
                       layout: keys.Partitions = keys.SINGLE) -> list[dict[str, Any]]:
     """``stock_view`` of each SKU, read with the warehouse table in one round trip."""
-    pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(keys.warehouses(layout.all()[0]))
-    for sku in skus:
-        pipe.hgetall(keys.stock(sku, layout.of_sku(sku)))
-    table, *raws = await pipe.execute()
+    (table,), raws = await stock_hashes(redis, skus, layout, [("hgetall", (keys.warehouses(layout.all()[0]),))])
     active = active_ids(table)
     return [stock_view(sku, raw, active) for sku, raw in zip(skus, raws, strict=True)]
 
@@ -120,11 +138,17 @@ async def stock_views(redis: aioredis.Redis, skus: list[str],
 async def change_stock(
     scripts: Scripts, cache: WarehouseCache, sku: str, mode: str, reason: str, values: dict[str, int]
 ) -> dict[str, Any]:
-    """Set (``mode="set"``) or adjust (``"add"``) on hand; 409 below_reserved changes nothing."""
+    """Set (``mode="set"``) or adjust (``"add"``) on hand; 409 below_reserved changes nothing.
+
+    A hot SKU's change lands in its first bucket, set so the buckets' sum is what was asked
+    (the ledger records that sum), and is then spread over the buckets (gateway/buckets.py).
+    """
+    p, *others = cache.layout.places(sku)
+    beyond = await buckets.gather(scripts, cache.layout, sku) if others else {}
     args: list[Any] = [sku, mode, reason]
     for wh, value in values.items():
-        args += [wh, value]
-    p = cache.layout.of_sku(sku)
+        held = beyond.get(wh, 0)  # on hand in the other buckets: reserved there, not movable
+        args += [wh, value - held if mode == "set" else value, held]
     ks = [keys.stock(sku, p), keys.events(p), keys.warehouses(p), keys.wh_version(p), keys.ready(p)]
     reply = await scripts.call("stock", ks, args)
     if int(reply[0]) == Stock.NOT_READY:
@@ -139,6 +163,10 @@ async def change_stock(
     flat, table = reply[1], reply[2]
     if any(wh not in cache.by_id for wh in values):
         await register(scripts.redis, cache, p, dict(zip(table[::2], table[1::2], strict=True)))
+    if others:
+        await buckets.spread(scripts, cache.layout, sku)
+        (view,) = await stock_views(scripts.redis, [sku], cache.layout)
+        return view
     active = active_ids(dict(zip(table[::2], table[1::2], strict=True)))
     return stock_view(sku, dict(zip(flat[::2], flat[1::2], strict=True)), active)
 
@@ -193,11 +221,9 @@ async def plan_allocation(
     """
     pref = cache.order(strategy, region)
     rows: list[list[bytes | None]] = [[] for _ in items]
-    if pref:
-        pipe = redis.pipeline(transaction=False)
-        for sku, _ in items:
-            pipe.hmget(keys.stock(sku, cache.layout.of_sku(sku)), *pref)
-        rows = await pipe.execute()
+    if pref:  # a hot SKU's buckets together: an order's bucket pulls from the others
+        _, hashes = await stock_hashes(redis, [sku for sku, _ in items], cache.layout)
+        rows = [[raw.get(wh.encode()) for wh in pref] for raw in hashes]
     fillable, unfilled = [], []
     for (sku, qty), row in zip(items, rows, strict=True):
         cands = [(wh, int(v or 0)) for wh, v in zip(pref, row, strict=True)]

@@ -13,7 +13,11 @@ SKUs, sales and orders to partitions (``OMS_PARTITIONS``, default 1: everything 
   ``locator`` naming that partition, so a lifecycle call finds it by id alone and the same
   id cannot be taken again in another partition;
 - what every script reads (warehouses, versions, the ready marker, rate limits) is kept in
-  every partition alike.
+  every partition alike;
+- a hot SKU (``OMS_HOT_SKUS=sku=K,...``) keeps its stock in K *buckets*, one hash in each of
+  K partitions spread from its group's (``places``); an order of it goes to its user's
+  bucket (so a sale's per-user count stays in one place), which pulls units from the others
+  when it runs short (gateway/buckets.py).
 
 With more than one partition, partition i's tag is the first ``{p<i>}``, ``{p<i>.1}``,
 ``{p<i>.2}``, … whose cluster slot lies in the i-th of N equal slot ranges, so a cluster
@@ -38,6 +42,9 @@ oms:{p}:sale_version                    string   bumped on every sale change
 oms:{p}:sale_user:<n>:<sale_id>:<user>  hash     ``units`` a user holds in the sale; sale lifetime
 oms:{p}:ratelimits                      hash     ``<scope>`` -> "rate,burst" (gateway/ratelimits.py); forever
 oms:{p}:locator:<order_id>              string   the partition holding the order, in its home; record lifetime
+oms:{p}:transfer:<id>                   string   "to|sku|wh|qty": units taken out of this bucket, not yet given
+oms:{p}:transfers                       zset     ids of this bucket's transfers in flight, scored by start (ms)
+oms:{p}:received:<id>                   string   a transfer this bucket was given (so it is given once); a day
 oms:{p}:bucket:<n>:<scope>:<who>        hash     a token bucket: ``t`` tokens at ``at`` (ms); until full again
 oms:restock                             channel  pub/sub: a SKU (or ``*``) that may have units again
 
@@ -75,7 +82,7 @@ RESTOCK = f"{PREFIX}:restock"  # a pub/sub channel, not a key: every process hea
 KINDS = {
     "stock": 1, "order": 1, "holders": 1, "expiry": 0, "events": 0, "warehouses": 0, "wh_version": 0,
     "sale": 1, "sales": 0, "sale_version": 0, "sale_user": 2, "stockstate": 1, "ready": 0,
-    "ratelimits": 0, "bucket": 2, "locator": 1,
+    "ratelimits": 0, "bucket": 2, "locator": 1, "transfer": 1, "transfers": 0, "received": 1,
 }
 ONE = "{p0}"
 
@@ -105,11 +112,14 @@ class Partitions:
 
     count: int = 1
     sep: str = ":"
+    hot: tuple[tuple[str, int], ...] = ()  # (sku, buckets) of each hot SKU
 
     @property
     def mark(self) -> str:
         """What the ready markers hold: the layout Redis was filled with ("1" for one partition)."""
-        return "1" if self.count == 1 else f"{self.count}|{self.sep}"
+        if self.count == 1:
+            return "1"
+        return f"{self.count}|{self.sep}" + "".join(f"|{sku}={k}" for sku, k in sorted(self.hot))
 
     def all(self) -> tuple[str, ...]:
         return _tags(self.count)
@@ -122,12 +132,31 @@ class Partitions:
     def of_sku(self, sku: str) -> str:
         return self._of(sku.split(self.sep, 1)[0] if self.sep else sku)
 
-    def of_skus(self, skus: Iterable[str]) -> str:
-        """The one partition of these SKUs; SpansPartitions when they have more than one."""
-        found = {self.of_sku(sku) for sku in skus}
-        if len(found) > 1:
-            raise SpansPartitions(", ".join(sorted(found)))
-        return found.pop() if found else ONE
+    def places(self, sku: str) -> tuple[str, ...]:
+        """The partitions holding the SKU's stock: its group's, or a hot SKU's K buckets, every
+        (count // K)-th partition from its group's."""
+        home = self.of_sku(sku)
+        k = dict(self.hot).get(sku, 1)
+        if k == 1:
+            return (home,)
+        tags, start = _tags(self.count), _tags(self.count).index(home)
+        return tuple(tags[(start + j * (self.count // k)) % self.count] for j in range(k))
+
+    def common(self, skus: Iterable[str]) -> tuple[str, ...]:
+        """The partitions holding stock of every one of these SKUs; SpansPartitions when none does."""
+        found: tuple[str, ...] | None = None
+        for sku in skus:
+            places = self.places(sku)
+            found = places if found is None else tuple(p for p in found if p in places)
+            if not found:
+                raise SpansPartitions(sku)
+        return found or (ONE,)
+
+    def target(self, skus: Iterable[str], user_id: str) -> str:
+        """The partition an order of these SKUs lives in: the one they share, or among buckets the
+        user's (CRC-32 of the user id), so a user's orders and sale counts meet in one place."""
+        found = self.common(skus)
+        return found[0] if len(found) == 1 else found[zlib.crc32(user_id.encode()) % len(found)]
 
     def home(self, order_id: str) -> str:
         """The partition holding the order id's locator."""
@@ -196,6 +225,18 @@ def bucket(scope: str, who: str, p: str = "{p0}") -> str:
 
 def stock_state(sku: str, p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:stockstate:{sku}"
+
+
+def transfer(transfer_id: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:transfer:{transfer_id}"
+
+
+def transfers(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:transfers"
+
+
+def received(transfer_id: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:received:{transfer_id}"
 
 
 def locator(order_id: str, p: str = "{p0}") -> str:

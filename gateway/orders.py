@@ -178,7 +178,7 @@ async def change(
     payload = orjson.loads(raw)
     if hydrate:  # made again in the partition of its SKUs, where its stock is
         try:
-            p = layout.of_skus(item["sku"] for item in payload["items"])
+            p = layout.target((item["sku"] for item in payload["items"]), payload["user_id"])
         except keys.SpansPartitions:  # taken under a layout with fewer partitions
             raise Conflict("the order's skus are in several inventory partitions now; it cannot change",
                            code="order_spans_partitions") from None

@@ -20,7 +20,7 @@ from msgspec import Meta, Struct
 
 from gateway import keys
 from gateway.errors import Invalid, PriceMismatch, SaleNotActive
-from gateway.inventory import active_ids, sellable
+from gateway.inventory import active_ids, sellable, stock_hashes
 from gateway.models import Channel, Currency, Money, OrderIn, Sku, iso_ms, sane_time
 
 
@@ -60,13 +60,13 @@ async def put_sale(pool: asyncpg.Pool, redis: aioredis.Redis, sale_id: str, sale
     The sale's keys live in the partition of its SKUs (gateway/keys.py), which must share one
     and keep it: its live counts cannot move between partitions.
     """
-    try:
-        p = layout.of_skus(sale.skus)
-    except keys.SpansPartitions as exc:
-        raise Invalid(f"a sale's skus must share one inventory partition, these are in {exc}",
-                      code="sale_spans_partitions") from None
-    if (found := await sale_partition(redis, sale_id, layout)) not in (None, p):
-        raise Invalid(f"sale {sale_id!r} lives in partition {found}; its skus may not move it to {p}",
+    places = layout.places(sale.skus[0])
+    if any(layout.places(sku) != places for sku in sale.skus):
+        raise Invalid("a sale's skus must share their inventory partition (or the same buckets, "
+                      "for hot SKUs)", code="sale_spans_partitions")
+    found = await sale_partitions(redis, sale_id, layout)
+    if found and found != set(places):
+        raise Invalid(f"sale {sale_id!r} lives in partitions {sorted(found)}; its skus may not move it",
                       code="sale_moves_partition")
     if _ms(sale.ends_at) <= _ms(sale.starts_at):
         raise Invalid("ends_at must be after starts_at", code="invalid_window")
@@ -80,30 +80,29 @@ async def put_sale(pool: asyncpg.Pool, redis: aioredis.Redis, sale_id: str, sale
            RETURNING (xmax = 0)""",
         sale_id, msgspec.json.encode(sale).decode(),
     )
-    key = keys.sale(sale_id, p)
     fields = rules(sale)
-    stale = [f for f in await redis.hkeys(key) if f.decode() not in fields and f != b"sold"]
-    pipe = redis.pipeline(transaction=True)
-    if stale:
-        pipe.hdel(key, *stale)
-    pipe.hset(key, mapping=fields)
-    pipe.sadd(keys.sales(p), sale_id)
-    pipe.incr(keys.sale_version(p))
-    await pipe.execute()
+    for p in places:  # a hot SKU's sale is in each of its buckets, each counting what it sold
+        key = keys.sale(sale_id, p)
+        stale = [f for f in await redis.hkeys(key) if f.decode() not in fields and f != b"sold"]
+        pipe = redis.pipeline(transaction=True)
+        if stale:
+            pipe.hdel(key, *stale)
+        pipe.hset(key, mapping=fields)
+        pipe.sadd(keys.sales(p), sale_id)
+        pipe.incr(keys.sale_version(p))
+        await pipe.execute()
     for other in layout.all():  # every partition's version moves, so every reserve reply shows it
-        if other != p:
+        if other not in places:
             await redis.incr(keys.sale_version(other))
     return bool(created)
 
 
-async def sale_partition(redis: aioredis.Redis, sale_id: str, layout: keys.Partitions) -> str | None:
-    """The partition whose sales set lists the sale, or None."""
-    if layout.count == 1:
-        return keys.ONE if await redis.sismember(keys.sales(keys.ONE), sale_id) else None
+async def sale_partitions(redis: aioredis.Redis, sale_id: str, layout: keys.Partitions) -> set[str]:
+    """The partitions whose sales set lists the sale."""
     pipe = redis.pipeline(transaction=False)
     for p in layout.all():
         pipe.sismember(keys.sales(p), sale_id)
-    return next((p for p, there in zip(layout.all(), await pipe.execute(), strict=True) if there), None)
+    return {p for p, there in zip(layout.all(), await pipe.execute(), strict=True) if there}
 
 
 async def sale_view(redis: aioredis.Redis, sale_id: str,
@@ -123,15 +122,13 @@ async def sale_views(redis: aioredis.Redis, sale_ids: list[str],
             pipe.hmget(keys.sale(sale_id, p), "def", "sold")
     found = await pipe.execute()
     n = layout.count
-    raws = [next((r for r in found[i * n:(i + 1) * n] if r[0] is not None), [None, None])
-            for i in range(len(sale_ids))]
+    raws = []
+    for i in range(len(sale_ids)):  # the definition, and the units sold summed over its buckets
+        there = [r for r in found[i * n:(i + 1) * n] if r[0] is not None]
+        raws.append([there[0][0], sum(int(r[1] or 0) for r in there)] if there else [None, None])
     sales = [None if raw[0] is None else msgspec.json.decode(raw[0], type=SaleIn) for raw in raws]
     skus = sorted({sku for sale in sales if sale is not None for sku in sale.skus})
-    pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(keys.warehouses(layout.all()[0]))
-    for sku in skus:
-        pipe.hgetall(keys.stock(sku, layout.of_sku(sku)))
-    table, *stocks = await pipe.execute()
+    (table,), stocks = await stock_hashes(redis, skus, layout, [("hgetall", (keys.warehouses(layout.all()[0]),))])
     active = active_ids(table)  # what a sale can still sell: inactive warehouses sell nothing
     left = {sku: sellable(stock, active) for sku, stock in zip(skus, stocks, strict=True)}
     views: list[dict[str, Any] | None] = []

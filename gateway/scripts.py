@@ -21,7 +21,7 @@ from gateway.errors import BackendDown
 from gateway.faults import unavailable
 from gateway.redisconn import route
 
-NAMES = ("reserve", "stock", "transition", "repair")
+NAMES = ("reserve", "stock", "transition", "repair", "move")
 PRELUDES = {"reserve": ("bucket",), "transition": ("bucket",)}  # Lua files put before a script
 T = TypeVar("T")
 

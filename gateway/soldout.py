@@ -84,8 +84,10 @@ class SoldOut:
 
     async def _load(self, sku: str, epoch: int) -> None:
         try:
-            ids = await self.redis.zrangebyscore(keys.holders(sku, self.layout.of_sku(sku)), int(time.time() * 1000) - 60_000, "+inf",
-                                                 start=0, num=self.limit + 1)
+            ids = []
+            for p in self.layout.places(sku):  # a hot SKU's holders are in each of its buckets
+                ids += await self.redis.zrangebyscore(keys.holders(sku, p), int(time.time() * 1000) - 60_000, "+inf",
+                                                      start=0, num=self.limit + 1)
         except (RedisError, OSError) as exc:
             log.warning("holders of sold-out %s not read (%s); its orders go to Redis", sku, exc)
         else:

@@ -46,6 +46,13 @@ class Stock(IntEnum):
     DONE = 1
 
 
+class Move(IntEnum):
+    """lua/move.lua."""
+
+    NOT_READY = -2
+    DONE = 1
+
+
 class Repair(IntEnum):
     """lua/repair.lua."""
 

@@ -4,7 +4,9 @@
 -- KEYS[3]  warehouses hash           KEYS[4]  warehouse version
 -- KEYS[5]  the ready marker
 -- ARGV[1]  sku    ARGV[2]  mode: "set" (values are on hand) or "add" (values are deltas)
--- ARGV[3]  reason (ledger)           ARGV[4..] pairs: warehouse, integer value
+-- ARGV[3]  reason (ledger)           ARGV[4..] triples: warehouse, integer value, and the units
+--          of the SKU on hand in that warehouse in its other buckets (a hot SKU's,
+--          gateway/buckets.py; else 0), which the ledger's on hand counts too
 --
 -- Returns {-2} while the ready marker is missing (Redis lost its data or is being rebuilt),
 -- {0, warehouse, reserved, requested_on_hand} when on hand would drop below what is
@@ -19,8 +21,8 @@ local sku, mode, reason = ARGV[1], ARGV[2], ARGV[3]
 
 if redis.call('EXISTS', KEYS[5]) == 0 then return {-2} end
 local changes = {}
-for i = 4, #ARGV, 2 do
-  local wh, value = ARGV[i], tonumber(ARGV[i + 1])
+for i = 4, #ARGV, 3 do
+  local wh, value, beyond = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local cur = redis.call('HMGET', stock_key, wh, 'r:' .. wh)
   local avail, reserved = tonumber(cur[1] or '0'), tonumber(cur[2] or '0')
   local on_hand = avail + reserved
@@ -29,7 +31,7 @@ for i = 4, #ARGV, 2 do
   if target < reserved then
     return {0, wh, reserved, target}
   end
-  changes[#changes + 1] = {wh, target - reserved, target - on_hand, target}
+  changes[#changes + 1] = {wh, target - reserved, target - on_hand, target + beyond}
 end
 
 local registered = false

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from bench import procs, run, writer_forms
 from bench.load import Samples, open_loop, open_loop_procs, parse_wrk, python_closed_loop
-from bench.report import cluster_rows, markdown, report
+from bench.report import cluster_rows, hot_rows, markdown, report
 from bench.rows import Visibility, batch, copy_rate, copy_records
 from gateway import keys
 from tests.conftest import ADMIN, Backends, order_body
@@ -193,6 +193,21 @@ async def test_the_cluster_section_runs_the_rounds_with_every_key_on_one_primary
     assert result["gateway_cpu_per_1000"] == cpu["gateway"] > 0 and cpu["PostgreSQL"] is None  # external
     label, value, detail = cluster_rows({"cluster": result})[0]
     assert f"{result['best_orders_per_s']:,.0f}" == value and holder in detail
+
+
+@pytest.mark.slow
+async def test_the_hot_sku_section_spreads_one_skus_work_over_every_primary(tmp_path, backends: Backends,
+                                                                              monkeypatch):
+    monkeypatch.setattr(run, "SPREAD_SKUS", 300)
+    opts = run.Options(seconds=1, rounds=1, warmup=0)
+    result = await run.bench_hot(run.Servers(backends.redis_url, backends.database_url), opts, tmp_path)
+    for name in ("hot", "spread"):
+        shares = result[name]["primary_cpu_per_1000"]
+        assert result[name]["rounds"][0]["ok"] > 0 and len(shares) == 3
+        assert min(shares.values()) > 0.2 * max(shares.values()), (name, shares)  # no primary left idle
+    assert result["ratio_hot_to_spread"] == result["hot"]["best_orders_per_s"] / result["spread"]["best_orders_per_s"]
+    rows = hot_rows(result)
+    assert [row[1] for row in rows] == [f"{result[n]['best_orders_per_s']:,.0f}" for n in ("hot", "spread")]
 
 
 async def test_both_writer_forms_write_every_row_of_their_batches(pg, backends: Backends):

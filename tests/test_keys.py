@@ -17,7 +17,7 @@ BUILDERS = {
     "events": keys.events, "warehouses": keys.warehouses, "wh_version": keys.wh_version, "sale": keys.sale,
     "sales": keys.sales, "sale_version": keys.sale_version, "sale_user": keys.sale_user,
     "stockstate": keys.stock_state, "ready": keys.ready, "ratelimits": keys.rate_limits, "bucket": keys.bucket,
-    "locator": keys.locator,
+    "locator": keys.locator, "transfer": keys.transfer, "transfers": keys.transfers, "received": keys.received,
 }
 # Characters that mean something in a key (separator, hash tag, glob, digits of a length
 # prefix) or in the kind words, and any other character a user id may hold.
@@ -142,7 +142,7 @@ async def test_a_sale_named_like_a_users_counter_leaves_that_counter_alone(gw, r
 def test_one_partition_is_p0_for_everything():
     layout = keys.Partitions()
     assert layout.all() == (keys.ONE,) == ("{p0}",)
-    assert {layout.of_sku("a/b"), layout.of_sku("x"), layout.home("o-1"), layout.of_skus(["a", "b/c"])} == {"{p0}"}
+    assert {layout.of_sku("a:b"), layout.of_sku("x"), layout.home("o-1"), layout.target(["a", "b:c"], "u")} == {"{p0}"}
     assert layout.mark == "1"  # what ready markers held before partitions existed
 
 
@@ -164,9 +164,23 @@ def test_a_sku_goes_with_its_group_and_an_order_of_two_groups_spans():
     a, b = next((f"g{n}:x", f"g{m}/x") for n in range(50) for m in range(50)
                 if layout.of_sku(f"g{n}:x") != layout.of_sku(f"g{m}/x"))
     with pytest.raises(keys.SpansPartitions):
-        layout.of_skus([a, b])
-    assert layout.of_skus([a, a.replace(":x", ":y")]) == layout.of_sku(a)
+        layout.target([a, b], "u-1")
+    assert layout.target([a, a.replace(":x", ":y")], "u-1") == layout.of_sku(a)
     whole = keys.Partitions(16, "")  # no separator: each SKU is its own group
     assert len({whole.of_sku(f"s11:{n}") for n in range(200)}) == 16
     assert keys.Partitions(16, "-").of_sku("s11-tv") == keys.Partitions(16, "-").of_sku("s11-phone")
     assert layout.mark == "16|:" and whole.mark == "16|"
+
+
+def test_a_hot_skus_buckets_spread_and_each_user_has_one():
+    layout = keys.Partitions(16, ":", (("s11:tv", 4), ("s11:phone", 4), ("solo", 2)))
+    tv = layout.places("s11:tv")
+    assert len(set(tv)) == 4 and tv[0] == layout.of_sku("s11:tv")
+    assert [layout.all().index(p) for p in tv] == [(layout.all().index(tv[0]) + 4 * j) % 16 for j in range(4)]
+    assert layout.places("s11:phone") == tv  # same group, same buckets: a sale of both fits
+    assert layout.common(["s11:tv", "s11:radio"]) == (tv[0],)  # with a plain SKU of the group: its partition
+    users = {layout.target(["s11:tv"], f"u-{n}") for n in range(100)}
+    assert users == set(tv)  # users spread over the buckets
+    assert all(layout.target(["s11:tv", "s11:phone"], f"u-{n}") == layout.target(["s11:tv"], f"u-{n}")
+               for n in range(100))
+    assert layout.mark == "16|:|s11:phone=4|s11:tv=4|solo=2"

@@ -141,6 +141,31 @@ async def test_orders_are_found_by_id_paid_cancelled_and_give_stock_back_in_thei
     assert [e["type"] for e in events["events"]] == ["order.accepted", "order.paid"]
 
 
+async def test_an_order_past_its_records_ttl_is_changed_again_in_its_skus_partition(pgw, redis, pg):
+    (a,) = groups(1)
+    sku, order_id = f"{a}:x", order_id_for(a, home=False, prefix="old")
+    await pgw.set_stock(sku, {"W1": 5})
+    assert (await order(pgw, order_id, sku)).status == 201
+    paid = await pgw.client.post(f"/v1/orders/{order_id}/payment", json={"payment_id": "p-1", "amount": 0},
+                                 headers=auth("k-pay"))
+    assert paid.status == 200
+    await pgw.caught_up()
+    p = LAYOUT.of_sku(sku)
+    await redis.delete(keys.order(order_id, p), keys.locator(order_id, LAYOUT.home(order_id)))  # what TTLs do
+    got = await (await pgw.client.get(f"/v1/orders/{order_id}", headers=auth("k-ops"))).json()
+    assert got["status"] == "paid"  # from PostgreSQL
+    shipped = await pgw.client.post(f"/v1/orders/{order_id}/ship", json={},
+                                    headers=auth("k-ops"))
+    assert shipped.status == 200, await shipped.text()
+    assert await redis.hget(keys.order(order_id, p), "s") == b"shipped"  # made again beside its stock
+    view = await pgw.stock(sku)
+    assert (view["on_hand"], view["reserved"]) == (4, 0)
+    got = await (await pgw.client.get(f"/v1/orders/{order_id}", headers=auth("k-ops"))).json()
+    assert got["status"] == "shipped"  # found with no locator: every partition was looked in
+    await pgw.caught_up()
+    assert await pg.fetchval("SELECT status FROM orders WHERE order_id = $1", order_id) == "shipped"
+
+
 async def test_unpaid_orders_expire_in_every_partition(make_gateway):
     gw = await make_gateway(partitions=N, reservation_ttl=1)
     skus = [f"{g}:x" for g in groups(N)]

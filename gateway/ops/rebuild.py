@@ -27,7 +27,7 @@ from gateway.ops.reconcile import HOLDING, PG_STOCK
 from gateway.orders import ORDER_SELECT, record_of
 from gateway.sales import SaleIn, rules
 from gateway.soldout import restocked
-from gateway.wire import encode_warehouse, reserved_field
+from gateway.wire import encode_warehouse, parse_alloc, reserved_field
 
 log = logging.getLogger(__name__)
 BATCH = 1000  # commands per pipeline, rows per cursor fetch
@@ -172,24 +172,26 @@ async def _sales(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progre
     defs = {r["sale_id"]: msgspec.json.decode(r["definition"], type=SaleIn)
             for r in await conn.fetch("SELECT sale_id, definition::text AS definition FROM sales")}
     sales = {sale_id: rules(sale) for sale_id, sale in defs.items()}
-    where = {sale_id: layout.of_skus(sale.skus) for sale_id, sale in defs.items()}
-    sold, users = dict.fromkeys(sales, 0), 0
+    sold: dict[tuple[str, str], int] = {}  # (sale, partition): a hot SKU's sale counts per bucket
+    users = 0
     total, rows = await _rows(conn, SALE_UNITS)
     out = _Pipe(redis, report, "sale counters", total)
     async for r in rows:
         sale_id, units = r["sale_id"], r["units"]
         if sale_id in sales:
-            key = keys.sale_user(sale_id, r["user_id"], where[sale_id])
+            p = layout.target(defs[sale_id].skus, r["user_id"])  # where the user's orders in it go
+            key = keys.sale_user(sale_id, r["user_id"], p)
             out.pipe.hset(key, "units", units)
             out.pipe.pexpireat(key, int(sales[sale_id]["e"]) + COUNTER_LIFE_MS)
-            sold[sale_id] += units
+            sold[(sale_id, p)] = sold.get((sale_id, p), 0) + units
             users += 1
         await out.row_done()
     await out.flush()
     out = _Pipe(redis, report, "sales", len(sales))
     for sale_id, fields in sales.items():
-        out.pipe.hset(keys.sale(sale_id, where[sale_id]), mapping={**fields, "sold": sold[sale_id]})
-        out.pipe.sadd(keys.sales(where[sale_id]), sale_id)
+        for p in layout.places(defs[sale_id].skus[0]):
+            out.pipe.hset(keys.sale(sale_id, p), mapping={**fields, "sold": sold.get((sale_id, p), 0)})
+            out.pipe.sadd(keys.sales(p), sale_id)
         await out.row_done()
     for p in layout.all():
         out.pipe.incr(keys.sale_version(p))
@@ -209,7 +211,7 @@ async def _stock(redis: aioredis.Redis, conn: asyncpg.Connection, report: Progre
             log.warning("conservation broken in PostgreSQL: %s in %s has %d on hand but %d reserved; "
                         "available set to 0", sku, wh, on_hand, reserved)
             broken.append({"sku": sku, "warehouse": wh, "on_hand": on_hand, "reserved": reserved})
-        out.pipe.hset(keys.stock(sku, layout.of_sku(sku)), mapping={wh: max(on_hand - reserved, 0), reserved_field(wh): reserved})
+        out.pipe.hset(keys.stock(sku, layout.places(sku)[0]), mapping={wh: max(on_hand - reserved, 0), reserved_field(wh): reserved})
         await out.row_done()
     await out.flush()
     return total, broken
@@ -223,14 +225,22 @@ async def _orders(
     total, rows = await _rows(conn, ORDERS, list(HOLDING), record_ttl)
     out = _Pipe(redis, report, "orders", total)
     async for r in rows:
-        items = decode_order(r["payload"].encode()).items
+        order = decode_order(r["payload"].encode())
+        items = order.items
         try:
-            p = layout.of_skus(item.sku for item in items)
+            p = layout.target((item.sku for item in items), order.user_id)
         except keys.SpansPartitions:
             raise Refused(f"order {r['order_id']!r} holds SKUs of several partitions under "
                           f"OMS_PARTITIONS={layout.count}; rebuild with the layout it was taken under") from None
         key = keys.order(r["order_id"], p)
-        out.pipe.hset(key, mapping=record_of(r))
+        record = record_of(r)
+        out.pipe.hset(key, mapping=record)
+        if r["status"] in HOLDING:  # _stock put a hot SKU's reserved units in its first bucket
+            for item, takes in zip(items, parse_alloc(record["a"]), strict=True):
+                first = layout.places(item.sku)[0]
+                for wh, qty in takes if first != p else ():
+                    out.pipe.hincrby(keys.stock(item.sku, first), reserved_field(wh), -qty)
+                    out.pipe.hincrby(keys.stock(item.sku, p), reserved_field(wh), qty)
         ttl = record_ttl
         if r["status"] == "pending_payment":  # reserve.lua: the record outlives its reservation
             ttl = max(record_ttl, math.ceil((r["until_ms"] - r["created_ms"]) / 1000) + 3600)

@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from gateway import keys, quarantine
+from gateway import buckets, keys, quarantine
 from gateway.errors import NotReady
+from gateway.inventory import stock_hashes
 from gateway.scripts import Scripts
 from gateway.soldout import restocked
 from gateway.wire import RESERVED_PREFIX, Repair
@@ -72,16 +73,18 @@ async def _redis_stock(redis: aioredis.Redis, layout: keys.Partitions) -> dict[P
     skus: set[str] = set()
     for p in layout.all():
         skus.update([keys.parse(k)[2][0] async for k in redis.scan_iter(match=keys.stock_pattern(p), count=1000)])
-    pipe = redis.pipeline(transaction=False)
-    for sku in sorted(skus):
-        pipe.hgetall(keys.stock(sku, layout.of_sku(sku)))
+    _, hashes = await stock_hashes(redis, sorted(skus), layout)  # a hot SKU's buckets summed
     stock: dict[Pair, tuple[int, int]] = {}
-    for sku, raw in zip(sorted(skus), await pipe.execute(), strict=True):
+    for sku, raw in zip(sorted(skus), hashes, strict=True):
         for field, value in raw.items():
             name = field.decode()
             wh = name.removeprefix(RESERVED_PREFIX)
             available, reserved = stock.get((sku, wh), (0, 0))
             stock[(sku, wh)] = (available, int(value)) if name.startswith(RESERVED_PREFIX) else (int(value), reserved)
+    for p in layout.all() if layout.hot else ():  # units moving between buckets are in neither
+        for _, _, sku, wh, units in await buckets.in_flight(redis, p):
+            available, reserved = stock.get((sku, wh), (0, 0))
+            stock[(sku, wh)] = (available + units, reserved)
     return stock
 
 
@@ -149,6 +152,8 @@ async def repair(redis: aioredis.Redis, pool: asyncpg.Pool, scripts: Scripts, wa
         entries = list(group)
         # a quarantined order holds Redis stock that PostgreSQL does not know yet: replay it first
         reason = "lagging" if report["lagging"] else "quarantined" if report["quarantined"] else None
+        if reason is None and len(layout.places(sku)) > 1:
+            reason = "hot_sku"  # its buckets together drifted: set its stock instead
         if reason is None:
             args: list[Any] = []
             for d in entries:
