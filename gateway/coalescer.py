@@ -232,12 +232,17 @@ class Coalescer:
                         short.append((p, i, r))
                     else:
                         results[i] = self._decode(orders[i][0], orders[i][1], r, epoch, pulls.get(i, 0) == 0)
-            for p, i, r in short:  # a hot SKU's bucket ran short: bring units from the others, try again
-                if await buckets.pull(self.scripts, self.layout, orders[i][0].items[int(r[1])].sku, p, int(r[2])):
-                    pulls[i] = pulls.get(i, 0) + 1
-                    groups.setdefault(p, []).append(i)
+            wanted: dict[tuple[str, str], list[tuple[int, Any]]] = {}
+            for p, i, r in short:  # a hot SKU's bucket ran short: one pull per SKU and bucket, then again
+                wanted.setdefault((orders[i][0].items[int(r[1])].sku, p), []).append((i, r))
+            for (sku, p), waiting in wanted.items():
+                if await buckets.pull(self.scripts, self.layout, sku, p, sum(int(r[2]) for _, r in waiting)):
+                    for i, _ in waiting:
+                        pulls[i] = pulls.get(i, 0) + 1
+                        groups.setdefault(p, []).append(i)
                 else:  # no other bucket has any: sold out everywhere
-                    results[i] = self._decode(orders[i][0], orders[i][1], r, epoch)
+                    for i, r in waiting:
+                        results[i] = self._decode(orders[i][0], orders[i][1], r, epoch)
             if stale:
                 await self.warehouses.load()
         if claimed:

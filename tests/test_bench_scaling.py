@@ -83,3 +83,18 @@ def test_the_command_prints_the_page_and_writes_it_when_asked(results, tmp_path,
     assert capsys.readouterr().out == scaling.markdown(results, str(path))
     assert scaling.main([str(path), "--write"]) == 0
     assert page.read_text() == capsys.readouterr().out
+
+
+def test_with_the_hot_sku_section_the_valkey_figure_is_a_partitioned_primarys(results):
+    results["cluster"]["hot_sku"] = {
+        "partitions": 3, "ratio_hot_to_spread": 0.97,
+        "spread": {"primary_cpu_per_1000": {"Valkey primary :1": 0.040, "Valkey primary :2": 0.046,
+                                            "Valkey primary :3": 0.042},
+                   "cpu_per_1000": {"gateway": 0.150}},
+    }
+    figures = scaling.inputs(results)
+    assert figures["valkey"].value == 1000 / (0.046 * 3)  # the busiest primary, per 1000 orders of its own
+    assert figures["one_partition"].value == 1000 / 0.0135 and figures["hot"].value == 0.97
+    assert figures["http"].value == 1000 / 0.150  # the partitioned run's gateway cost the most
+    page = scaling.markdown(results)
+    assert "0.97× the rate of orders spread" in page and f"{1000 / 0.138:,.0f}" in page

@@ -150,3 +150,19 @@ async def test_redis_rebuilt_puts_each_reservation_back_in_its_bucket(make_gatew
     assert await per_bucket(redis, "r:W1") == [0] * N and (await gw.stock(HOT))["available"] == 20
     await gw.caught_up()
     assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
+
+
+async def test_two_gateways_pulling_from_each_other_sell_every_unit_once_and_lose_none(make_gateway, redis, pg):
+    gws = [await hot_gateway(make_gateway), await hot_gateway(make_gateway)]
+    await gws[0].set_stock(HOT, {"W1": 60, "W2": 7})
+    await buckets.gather(gws[0].app[K.SCRIPTS], LAYOUT, HOT)  # all in one bucket: every other one must pull
+    answers = await asyncio.gather(*(order(gws[n % 2], f"p-{n}", f"u-{n}") for n in range(200)))
+    assert sum(r.status == 201 for r in answers) == 67 and {r.status for r in answers} == {201, 409}
+    available = [int(v) for p in PLACES for f, v in (await redis.hgetall(keys.stock(HOT, p))).items()
+                 if not f.startswith(b"r:")]
+    assert min(available) >= 0 and sum(available) == 0
+    assert sum(await per_bucket(redis, "r:W1")) + sum(await per_bucket(redis, "r:W2")) == 67  # none lost
+    assert [await redis.zcard(keys.transfers(p)) for p in PLACES] == [0] * N  # every move finished
+    await gws[0].caught_up()
+    await gws[1].caught_up()
+    assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]

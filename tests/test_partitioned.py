@@ -107,6 +107,29 @@ async def test_an_order_id_is_one_order_whichever_partitions_its_payloads_name(p
     assert (await pgw.stock(f"{a}:x"))["available"] == 4
 
 
+async def test_one_id_sent_at_once_with_payloads_in_every_partition_is_one_order(make_gateway, redis):
+    """Two gateways race one order id, each with the four payloads (one per partition) many times."""
+    gws = [await make_gateway(partitions=N), await make_gateway(partitions=N)]
+    skus = [f"{g}:x" for g in groups(N)]
+    for sku in skus:
+        await gws[0].set_stock(sku, {"W1": 5})
+    for round_ in range(5):
+        order_id = f"race-{round_}"
+        tries = [(gws[n % 2], skus[n % N]) for n in range(40)]
+        answers = await asyncio.gather(*(order(gw, order_id, sku) for gw, sku in tries))
+        won = {sku for (_, sku), r in zip(tries, answers, strict=True) if r.status in (200, 201)}
+        assert len(won) == 1, won  # one payload owns the id; every other is 409 idempotency_mismatch
+        assert sorted({r.status for r in answers}) in ([201, 409], [200, 201, 409])
+        assert sum(r.status == 201 for r in answers) == 1
+        for r, (_, sku) in zip(answers, tries, strict=True):
+            if sku not in won:
+                assert (await r.json())["code"] == "idempotency_mismatch"
+    left = [(await gws[0].stock(sku))["available"] for sku in skus]
+    assert sum(left) == N * 5 - 5  # five orders, one unit each, wherever they won
+    locators = [await redis.get(keys.locator(f"race-{n}", LAYOUT.home(f"race-{n}"))) for n in range(5)]
+    assert all(loc is None or loc.decode() in LAYOUT.all() for loc in locators)
+
+
 async def test_a_refused_order_leaves_its_id_free_for_any_partition(pgw):
     a, b = groups(2)
     order_id = order_id_for(a, home=False)
