@@ -81,10 +81,31 @@ def test_redis_url_schemes_accepted(url):
     ("OMS_ACCESS_LOG_SAMPLE", "-0.1"),
     ("OMS_ACCESS_LOG_SAMPLE", "nan"),
     ("OMS_ACCESS_LOG_SAMPLE", "half"),
+    ("OMS_PARTITIONS", "0"),
+    ("OMS_PARTITIONS", "1025"),
+    ("OMS_PARTITION_SEP", "::"),
+    ("OMS_PARTITION_SEP", " "),
+    ("OMS_PARTITION_SEP", "\n"),
+    ("OMS_HOT_SKUS", "HOT"),
+    ("OMS_HOT_SKUS", "HOT=x"),
+    ("OMS_HOT_SKUS", "HOT=2"),  # more buckets than the one partition
+    ("OMS_HOT_SKUS", "HOT=1"),
+    ("OMS_HOT_SKUS", "bad sku=2"),
 ])
 def test_bad_value_is_refused_naming_its_variable(variable, value):
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: value})
+
+
+def test_partitions_and_hot_skus_make_the_layout():
+    assert Settings.from_env({}).layout.mark == "1"
+    s = Settings.from_env({"OMS_PARTITIONS": "8", "OMS_PARTITION_SEP": "", "OMS_HOT_SKUS": " tv=8, radio=2 "})
+    assert (s.layout.count, s.layout.sep, s.layout.hot) == (8, "", (("radio", 2), ("tv", 8)))
+    assert len(s.layout.places("tv")) == 8 and len(s.layout.places("radio")) == 2
+    with pytest.raises(ConfigError, match="named twice"):
+        Settings.from_env({"OMS_PARTITIONS": "8", "OMS_HOT_SKUS": "tv=2,tv=4"})
+    with pytest.raises(ConfigError, match="OMS_HOT_SKUS"):
+        Settings.from_env({"OMS_PARTITIONS": "4", "OMS_HOT_SKUS": "tv=5"})
 
 
 def test_log_format_is_text_unless_json_and_order_access_lines_off_unless_sampled():
