@@ -22,8 +22,9 @@ from gateway.faults import unavailable
 from gateway.scripts import Scripts
 
 
-def resetting_listener() -> socket.socket:
-    """A listener that resets every connection it accepts, from its own thread."""
+def resetting_listener(connected: threading.Event) -> socket.socket:
+    """A listener that resets each connection it accepts, from its own thread, once the client
+    says it is connected (a reset racing the handshake failed 100 tries in a row under load)."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
@@ -32,6 +33,7 @@ def resetting_listener() -> socket.socket:
                 conn, _ = listener.accept()
             except OSError:
                 return
+            connected.wait(10)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
 
@@ -39,13 +41,9 @@ def resetting_listener() -> socket.socket:
     return listener
 
 
-async def write_after_reset(port: int) -> BaseException:
-    for _ in range(100):  # the reset may come before the connection is made: try again
-        with contextlib.suppress(ConnectionResetError):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            break
-    else:
-        pytest.fail("no connection to the resetting listener in 100 tries")
+async def write_after_reset(port: int, connected: threading.Event) -> BaseException:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    connected.set()
     with contextlib.suppress(ConnectionError):
         await reader.read()  # the reset arrives: uvloop closes the transport
     try:
@@ -59,10 +57,11 @@ async def write_after_reset(port: int) -> BaseException:
 
 @pytest.fixture
 def closed_transport_error() -> BaseException:
-    listener = resetting_listener()
+    connected = threading.Event()
+    listener = resetting_listener(connected)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(write_after_reset(listener.getsockname()[1]))
+            return runner.run(write_after_reset(listener.getsockname()[1], connected))
     finally:
         listener.close()
 
