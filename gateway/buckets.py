@@ -106,7 +106,7 @@ async def spread(scripts: Scripts, layout: keys.Partitions, sku: str) -> int:
                 source = givers[0]
                 units = min(have[source] - want[source], want[to] - have[to])
                 taken = await move(scripts, sku, wh, units, source, to)
-                have[source] -= units
+                have[source] -= taken
                 have[to] += taken
                 moved += taken
                 if have[source] <= want[source] or not taken:
