@@ -14,9 +14,10 @@ import contextlib
 import logging
 from typing import Any
 
+import msgspec
 import orjson
 
-from gateway import buckets, keys, metrics
+from gateway import buckets, keys, metrics, spans
 from gateway.errors import (
     BackendDown,
     BacklogFull,
@@ -37,10 +38,11 @@ from gateway.models import OrderIn, encode, render_order
 from gateway.sales import SaleCache
 from gateway.scripts import Scripts
 from gateway.soldout import SoldOut
-from gateway.wire import Reserve
+from gateway.wire import Hold, Reserve
 
 log = logging.getLogger(__name__)
 
+SPANNING_AT_ONCE = 8  # orders over several partitions in flight per batch: each holds a connection per step
 MAX_PULLS = 2  # per order and batch: a hot SKU's bucket refilled twice and short again answers short
 Result = tuple[int, dict[str, Any]]
 Queued = tuple[OrderIn, bytes, str, "asyncio.Future[Result]"]  # the order, its payload, its key_id ("": a user's)
@@ -49,6 +51,7 @@ Queued = tuple[OrderIn, bytes, str, "asyncio.Future[Result]"]  # the order, its 
 def reserve_call(
     orders: list[tuple[OrderIn, bytes, str]], warehouses: WarehouseCache, sales: SaleCache, strategy: str,
     ttl_ms: int, record_ttl: int, max_backlog: int = 0, p: str = keys.ONE, homes: frozenset[str] = frozenset(),
+    spans: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one reserve script call in partition ``p`` for a batch (see
     lua/reserve.lua); each order comes with its payload and the ``key_id`` of the service key
@@ -72,7 +75,7 @@ def reserve_call(
                  for item in order.items]
         packed.append([order.order_id, payload.decode(), ttl_ms, lines, order.channel,
                        int(order.sale_id is not None), int(chosen == "max_stock"), int(bool(key_id)),
-                       p if order.order_id in homes else ""])
+                       p if order.order_id in homes else "", *([spans[order.order_id]] if spans else [])])
     batch = orjson.dumps({"p": list(prefs), "o": packed})
     return ks, [record_ttl, batch, warehouses.versions.get(p, -1), max_backlog]
 
@@ -194,14 +197,27 @@ class Coalescer:
         results: list[Any] = [None] * len(batch)
         several = self.layout.count > 1
         groups: dict[str, list[int]] = {} if several else {keys.ONE: list(range(len(batch)))}
+        spanning: list[int] = []
         for i, (order, _, _) in enumerate(orders if several else ()):
             try:
                 p = self.layout.target((item.sku for item in order.items), order.user_id)
             except keys.SpansPartitions as exc:
-                results[i] = Invalid(f"the order's skus belong to more than one inventory partition ({exc}); "
-                                     "order them apart", code="spans_partitions")
+                if order.sale_id is None:
+                    spanning.append(i)
+                else:  # a sale's SKUs share their partition: some line here is not the sale's
+                    results[i] = Invalid(f"the order's skus belong to more than one inventory partition ({exc})",
+                                         code="spans_partitions")
                 continue
             groups.setdefault(p, []).append(i)
+        if spanning:  # part by part, beside the batch's one call per partition
+            gate = asyncio.Semaphore(SPANNING_AT_ONCE)
+
+            async def one(i: int) -> Result | Exception:
+                async with gate:
+                    return await self._spanning(*orders[i], epoch)
+
+            for i, result in zip(spanning, await asyncio.gather(*map(one, spanning)), strict=True):
+                results[i] = result
         claimed = await self._claim(orders, groups, results) if several else []
         pulls: dict[int, int] = {}  # order -> pulls made for it (gateway/buckets.py)
         while groups:
@@ -248,6 +264,102 @@ class Coalescer:
         if claimed:
             await self._unclaim([i for i in claimed if isinstance(results[i], Exception)], orders)
         return results
+
+    async def _spanning(self, order: OrderIn, payload: bytes, key_id: str, epoch: int) -> Result | Exception:
+        """An order whose lines span partitions (gateway/spans.py): its holds, then its primary."""
+        parts = spans.parts_of(self.layout, [item.sku for item in order.items], order.user_id)
+        primary, *others = parts
+        home = self.layout.home(order.order_id)
+        claimed = False
+        if home != primary:
+            before = await self.scripts.execute(self.scripts.redis.pipeline(transaction=False).set(
+                keys.locator(order.order_id, home), primary, nx=True, get=True, ex=self._lives(order)))
+            if before[0] is not None and before[0].decode() != primary:
+                return IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
+            claimed = before[0] is None
+        raw = payload.decode()
+        pref = list(self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None))
+        lines = {p: [[order.items[j].sku, order.items[j].qty, pref] for j in parts[p]] for p in others}
+        held: dict[str, tuple[str, bool]] = {}  # partition -> (allocation, taken now)
+        result: Result | Exception | None = None
+        # A fault (BackendDown) leaves the holds as they are: the primary may have the order
+        # though its answer was lost, so only the sweep, asking the primary, gives them back.
+        for _ in range(3):  # a stale warehouse version: reload and take again
+            waiting = [p for p in others if p not in held]
+            calls = [spans.hold_call("take", order.order_id, raw, p, lines[p], arg=primary,
+                                     version=self.warehouses.versions.get(p, -1), lives=self._lives(order))
+                     for p in waiting]
+            stale = False
+            for p, reply in zip(waiting, await self.scripts.call_many("hold", calls, wait_aof=self.wait_aof),
+                                strict=True):
+                if isinstance(reply, Exception):
+                    raise reply
+                code = Hold(int(reply[0]))
+                if code is Hold.DONE:
+                    held[p] = (reply[1].decode(), bool(int(reply[2])))
+                elif code is Hold.STALE_WAREHOUSES:
+                    stale = True
+                elif result is None:
+                    result = (NotReady() if code is Hold.NOT_READY else
+                              IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
+                              if code is Hold.MISMATCH else
+                              self._decode(order, payload, [Reserve.SHORT, parts[p][int(reply[1])], reply[2]], epoch))
+            if not stale or result is not None:
+                break
+            await self.warehouses.load()
+            for part in lines.values():
+                for line in part:
+                    line[2] = list(self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None))
+        if result is None and len(held) < len(others):
+            result = Overloaded()
+        if result is None:
+            result = await self._primary(order, payload, key_id, epoch, parts, primary, held)
+        live = isinstance(result, tuple) and (result[0] == 201 or result[1]["status"] in spans.HOLDING)
+        fresh = [p for p, (_, new) in held.items() if new]
+        if not live and fresh and not isinstance(result, tuple):
+            # refused: the holds this attempt took go back, unless a concurrent attempt with the
+            # same payload got the order with them (the primary has it: lua/abort.lua)
+            live = bool(await self.scripts.call("abort", [keys.order(order.order_id, primary)], [spans.GIVE_BACK_S]))
+        if live:  # the order holds them (a replay of a live order too)
+            await self.scripts.call_many("hold", [spans.hold_call("commit", order.order_id, raw, p, lines[p])
+                                                  for p in held])
+            return result
+        if fresh:  # refused, or a replay of an order that no longer holds stock: give back this attempt's
+            await self.scripts.call_many("hold", [spans.hold_call("settle", order.order_id, raw, p, lines[p],
+                                                                  arg="cancelled") for p in fresh])
+        if claimed and not isinstance(result, tuple):
+            await self._unclaim([0], [(order, payload, key_id)])
+        return result
+
+    async def _primary(self, order: OrderIn, payload: bytes, key_id: str, epoch: int, parts: dict[str, list[int]],
+                       primary: str, held: dict[str, tuple[str, bool]]) -> Result | Exception:
+        """Reserve the primary's lines with the holds' allocations for the others."""
+        here = msgspec.structs.replace(order, items=[order.items[j] for j in parts[primary]])
+        remote = {str(j): group for p, (alloc, _) in held.items() for j, group in zip(parts[p], alloc.split(";"),
+                                                                                      strict=True)}
+        spec = {order.order_id: {"n": len(order.items), "l": parts[primary], "r": remote, "x": ",".join(held)}}
+        homes = frozenset([order.order_id]) if self.layout.home(order.order_id) == primary else frozenset()
+        for _ in range(3):
+            ks, args = reserve_call([(here, payload, key_id)], self.warehouses, self.sales, self.strategy, self.ttl_ms,
+                                    self.record_ttl, self.max_backlog, primary, homes, spec)
+            reply = await self.scripts.call("reserve", ks, args, wait_aof=self.wait_aof)
+            code = int(reply[0])
+            if code == Reserve.NOT_READY:
+                return NotReady()
+            if code == Reserve.BACKLOG_FULL:
+                return BacklogFull()
+            if code != Reserve.STALE_WAREHOUSES:
+                break
+            await self.warehouses.load()
+        else:
+            return Overloaded()
+        await self.sales.refresh(int(reply[1]), primary)
+        r = reply[2]
+        if int(r[0]) == Reserve.ABORTED:
+            return spans.aborted()
+        if int(r[0]) == Reserve.SHORT:
+            r = [r[0], parts[primary][int(r[1])], r[2]]
+        return self._decode(order, payload, r, epoch)
 
     async def _claim(self, orders: list[tuple[OrderIn, bytes, str]], groups: dict[str, list[int]],
                      results: list[Any]) -> list[int]:

@@ -1,5 +1,6 @@
 """The expirer: unpaid orders past ``reserved_until`` become cancelled (``expired``), stock back.
-Each pass also finishes the moves between a hot SKU's buckets that a dead process left.
+Each pass also finishes what a dead process left: moves between a hot SKU's buckets, and
+the holds of orders over several partitions (gateway/spans.py).
 
 Every process runs one; they may race freely, because the transition script re-checks
 status and time atomically: of two expirers (or an expirer and a late payment) exactly one
@@ -13,7 +14,7 @@ import logging
 
 import orjson
 
-from gateway import buckets, keys
+from gateway import buckets, keys, spans
 from gateway.errors import GatewayError
 from gateway.faults import log_retry
 from gateway.orders import check_reply, transition_call
@@ -57,6 +58,8 @@ class Expirer:
                     pass
                 for p in self.layout.all() if self.layout.hot else ():  # moves a dead process left
                     await buckets.recover(self.scripts, p)
+                for p in self.layout.all() if self.layout.count > 1 else ():  # and orders over partitions
+                    await spans.sweep(self.scripts, self.layout, p)
             except Exception as exc:
                 log_retry(log, exc, "expirer pass failed; retrying")
             async with self._pass:
@@ -86,14 +89,18 @@ class Expirer:
         gone = [d for d, raw in zip(due, payloads, strict=True) if raw is None]
         if gone:  # record gone: nothing left to expire
             await redis.zrem(keys.expiry(p), *gone)
-        calls = [transition_call(d.decode(), orjson.loads(raw), "expire", {"reason": "expired"}, reason="expired",
-                                 record_ttl=self.record_ttl, p=p)
-                 for d, raw in zip(due, payloads, strict=True) if raw is not None]
-        for reply in await self.scripts.call_many("transition", calls) if calls else []:
+        live = [(d.decode(), orjson.loads(raw)) for d, raw in zip(due, payloads, strict=True) if raw is not None]
+        calls = [transition_call(order_id, payload, "expire", {"reason": "expired"}, reason="expired",
+                                 record_ttl=self.record_ttl, p=p, layout=self.layout) for order_id, payload in live]
+        for (order_id, payload), reply in zip(live, await self.scripts.call_many("transition", calls) if calls else [],
+                                              strict=True):
             if isinstance(reply, list):
                 try:
                     _, changed = check_reply(reply, "expire")
                 except GatewayError:
                     continue  # paid or cancelled meanwhile, or not due by Redis' clock
                 self.expired += changed
+                if changed and self.layout.count > 1 and len(spans.parts_of(
+                        self.layout, [item["sku"] for item in payload["items"]], payload["user_id"])) > 1:
+                    await spans.settle(self.scripts, self.layout, order_id, payload, "cancelled", p)
         return len(due)

@@ -8,8 +8,9 @@ SKUs, sales and orders to partitions (``OMS_PARTITIONS``, default 1: everything 
   ``OMS_PARTITION_SEP`` (default ``:``; the whole SKU when it has none), by CRC-32 of the
   group modulo the number of partitions: ``s11:tv`` and ``s11:phone`` share a partition;
 - a sale belongs to the partition of its SKUs, which must share one;
-- an order belongs to the partition of its lines' SKUs (one per order for now), where its
-  record, expiry entry and events live; its *home*, by CRC-32 of the order id, holds a
+- an order belongs to the partition of its lines' SKUs, where its record, expiry entry and
+  events live; one whose lines span partitions lives in its first line's (the *primary*),
+  and each other partition keeps a ``hold`` of its lines (gateway/spans.py); its *home*, by CRC-32 of the order id, holds a
   ``locator`` naming that partition, so a lifecycle call finds it by id alone and the same
   id cannot be taken again in another partition;
 - what every script reads (warehouses, versions, the ready marker, rate limits) is kept in
@@ -45,6 +46,10 @@ oms:{p}:locator:<order_id>              string   the partition holding the order
 oms:{p}:transfer:<id>                   string   "to|sku|wh|qty": units taken out of this bucket, not yet given
 oms:{p}:transfers                       zset     ids of this bucket's transfers in flight, scored by start (ms)
 oms:{p}:received:<id>                   string   a transfer this bucket was given (so it is given once); a day
+oms:{p}:hold:<order_id>                 hash     a secondary partition's part of an order over several: payload,
+                                                 allocation, held/released/shipped, primary; record lifetime
+oms:{p}:holds                           zset     order ids of parts taken here, not yet known committed (ms)
+oms:{p}:remote                          zset     orders of this primary whose parts must follow a status (ms)
 oms:{p}:bucket:<n>:<scope>:<who>        hash     a token bucket: ``t`` tokens at ``at`` (ms); until full again
 oms:restock                             channel  pub/sub: a SKU (or ``*``) that may have units again
 
@@ -83,6 +88,7 @@ KINDS = {
     "stock": 1, "order": 1, "holders": 1, "expiry": 0, "events": 0, "warehouses": 0, "wh_version": 0,
     "sale": 1, "sales": 0, "sale_version": 0, "sale_user": 2, "stockstate": 1, "ready": 0,
     "ratelimits": 0, "bucket": 2, "locator": 1, "transfer": 1, "transfers": 0, "received": 1,
+    "hold": 1, "holds": 0, "remote": 0,
 }
 ONE = "{p0}"
 
@@ -237,6 +243,18 @@ def transfers(p: str = "{p0}") -> str:
 
 def received(transfer_id: str, p: str = "{p0}") -> str:
     return f"{PREFIX}:{p}:received:{transfer_id}"
+
+
+def hold(order_id: str, p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:hold:{order_id}"
+
+
+def holds(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:holds"
+
+
+def remote(p: str = "{p0}") -> str:
+    return f"{PREFIX}:{p}:remote"
 
 
 def locator(order_id: str, p: str = "{p0}") -> str:

@@ -14,10 +14,9 @@ import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
-from gateway import keys, lifecycle, metrics
+from gateway import keys, lifecycle, metrics, spans
 from gateway.errors import (
     AmountMismatch,
-    Conflict,
     IllegalTransition,
     NotFound,
     NotReady,
@@ -176,12 +175,13 @@ async def change(
             raise NotFound("No such order")
         raw, hydrate = record["p"].encode(), orjson.dumps(record).decode()
     payload = orjson.loads(raw)
-    if hydrate:  # made again in the partition of its SKUs, where its stock is
-        try:
-            p = layout.target((item["sku"] for item in payload["items"]), payload["user_id"])
-        except keys.SpansPartitions:  # taken under a layout with fewer partitions
-            raise Conflict("the order's skus are in several inventory partitions now; it cannot change",
-                           code="order_spans_partitions") from None
+    parts = spans.parts_of(layout, [item["sku"] for item in payload["items"]], payload["user_id"])
+    if hydrate:  # made again in its primary partition (gateway/spans.py), where its stock is
+        p = next(iter(parts))
+        if len(parts) > 1:
+            record = orjson.loads(hydrate)
+            record["x"] = ",".join(list(parts)[1:])
+            hydrate = orjson.dumps(record).decode()
     if not visible(payload["user_id"], payload["channel"]):
         raise NotFound("No such order")
     if action == "pay":
@@ -189,10 +189,18 @@ async def change(
         if expected is not None and amount != expected:
             raise AmountMismatch(f"amount {amount} differs from the order total {expected}", total=expected)
     ks, args = transition_call(order_id, payload, action, data, payment_id=payment_id, reason=reason,
-                               hydrate=hydrate, record_ttl=record_ttl, user_only=user_only, key_id=key_id, p=p)
-    status, changed = check_reply(await scripts.call("transition", ks, args), action)
+                               hydrate=hydrate, record_ttl=record_ttl, user_only=user_only, key_id=key_id, p=p,
+                               layout=layout)
+    try:
+        status, changed = check_reply(await scripts.call("transition", ks, args), action)
+    except ReservationExpired:  # expired on the spot by a late payment: its holds follow now
+        if len(parts) > 1:
+            await spans.settle(scripts, layout, order_id, payload, "cancelled", p)
+        raise
     if changed:
         TRANSITIONS.add(status)
+        if len(parts) > 1:  # its holds elsewhere follow (the sweep does, should this process die)
+            await spans.settle(scripts, layout, order_id, payload, status, p)
     order = await load_order(redis, pool, order_id, layout)
     assert order is not None
     return order
@@ -201,21 +209,25 @@ async def change(
 def transition_call(
     order_id: str, payload: dict[str, Any], action: str, data: dict[str, Any], *, payment_id: str = "",
     reason: str = "", hydrate: str = "", record_ttl: int, user_only: bool = False, key_id: str = "",
-    p: str = keys.ONE,
+    p: str = keys.ONE, layout: keys.Partitions = keys.SINGLE,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one transition script call in the order's partition ``p``; ``key_id``
-    names the service key whose payments:key bucket a payment takes a token from."""
+    names the service key whose payments:key bucket a payment takes a token from. A line held
+    in another partition (gateway/spans.py) is named "" for the script to leave alone."""
     sale_id = payload.get("sale_id") or ""
     ks = [keys.order(order_id, p), keys.events(p), keys.expiry(p), keys.sale(sale_id, p),
           keys.sale_user(sale_id, payload["user_id"], p), keys.ready(p), keys.rate_limits(p),
-          keys.bucket("payments:key", key_id or "-", p)]
+          keys.bucket("payments:key", key_id or "-", p), keys.remote(p)]
     ks.extend(keys.stock(item["sku"], p) for item in payload["items"])
+    skus = [item["sku"] for item in payload["items"]]
+    here = set(spans.parts_of(layout, skus, payload["user_id"]).get(p, range(len(skus)))) \
+        if layout.count > 1 else set(range(len(skus)))
     rules = lifecycle.rules(action)
     if user_only:  # a buyer may only cancel an order that is not paid yet
         rules = ";".join(r for r in rules.split(";") if r.startswith("pending_payment>"))
     args = [action, order_id, rules, ",".join(sorted(lifecycle.DONE[action])),
             orjson.dumps(data).decode(), payment_id, "1" if sale_id else "0", record_ttl, reason, hydrate, keys.RESTOCK]
-    args.extend(item["sku"] for item in payload["items"])
+    args.extend(sku if j in here else "" for j, sku in enumerate(skus))
     return ks, args
 
 

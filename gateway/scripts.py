@@ -21,7 +21,7 @@ from gateway.errors import BackendDown
 from gateway.faults import unavailable
 from gateway.redisconn import route
 
-NAMES = ("reserve", "stock", "transition", "repair", "move")
+NAMES = ("reserve", "stock", "transition", "repair", "move", "hold", "abort")
 PRELUDES = {"reserve": ("bucket",), "transition": ("bucket",)}  # Lua files put before a script
 T = TypeVar("T")
 

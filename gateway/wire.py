@@ -23,6 +23,17 @@ class Reserve(IntEnum):
     SHORT = 4  # a line cannot be filled
     SALE_REFUSED = 5
     RATE_LIMITED = 6  # a rate limit (gateway/ratelimits.py): nothing taken
+    ABORTED = 7  # the sweep gave up the order's parts in other partitions moments ago
+
+
+class Hold(IntEnum):
+    """lua/hold.lua."""
+
+    NOT_READY = -2
+    STALE_WAREHOUSES = -1
+    DONE = 1
+    MISMATCH = 3
+    SHORT = 4
 
 
 class Transition(IntEnum):

@@ -11,14 +11,18 @@
 -- ARGV[1]  seconds an order record (the idempotency record) lives
 -- ARGV[2]  JSON batch: {"p": [[wh, ...], ...],            preference lists, shared
 --                      "o": [[order_id, payload, ttl_ms, [[sku, qty, pref_index, price], ...],
---                             channel, in_sale, max_stock, by_key, loc], ...]}
+--                             channel, in_sale, max_stock, by_key, loc, spans], ...]}
 --          payload is the canonical order JSON: equal payloads mean the same order; price
 --          is the line's unit price or -1; in_sale is 1 when the order names a sale;
 --          max_stock is 1 when lines draw from the warehouses with most stock first; by_key
 --          is 1 when a service key sent it (its bucket counts), 0 for a user's token; loc
 --          is this partition's tag when the order's locator is kept here (this is the
 --          order id's home partition, of several), else "": a locator naming another
---          partition means the id was taken there, with another payload.
+--          partition means the id was taken there, with another payload. spans is absent
+--          unless the order's lines span partitions (gateway/spans.py): then the lines and
+--          their keys here are this partition's only, and spans is {n = the order's line count,
+--          l = [its index of each line here], r = {index: alloc held elsewhere}, x = "tags"
+--          of the partitions holding them}; the record keeps x and the whole allocation.
 -- ARGV[3]  the warehouse version the preference lists were computed from
 -- ARGV[4]  the most entries the stream may hold (0: no limit); written entries are deleted,
 --          so its length is what PostgreSQL has yet to receive
@@ -33,6 +37,8 @@
 --   {3}                                        same order_id, other payload (409)
 --   {4, line_index, missing_qty}               a line cannot be filled; nothing was taken (409)
 --   {6, wait_ms}                               a rate limit refuses it (429); nothing taken
+--   {7}                                        the order's parts elsewhere were given up by the
+--                                              sweep moments ago (503: retry shortly)
 --   {5, code, a, b}                            the sale refuses it (409): sale_not_active,
 --                                              channel_not_allowed, sku_not_in_sale (a = line),
 --                                              limit_exceeded (a = units held, b = limit),
@@ -169,9 +175,10 @@ for i = 1, #orders do
   local first_holders = first_stock + #lines
   k = first_holders + #lines
 
-  local seen = redis.call('HMGET', order_key, 'p', 'a', 'c', 'u', 's')
+  local seen = redis.call('HMGET', order_key, 'p', 'a', 'c', 'u', 's', 'z')
   local refusal, units, sale_ttl, sale_end = nil, 0, nil, nil
-  if not seen[1] and loc ~= '' then
+  if not seen[1] and seen[6] then refusal = {7} end
+  if not seen[1] and not refusal and loc ~= '' then
     local at = redis.call('GET', locator_key)
     if at and at ~= loc then refusal = {3} end
   end
@@ -205,11 +212,19 @@ for i = 1, #orders do
         end
         groups[j] = table.concat(parts, ',')
       end
+      local spans = o[10]
+      if spans then  -- the whole allocation, this partition's groups among those held elsewhere
+        local whole = {}
+        for idx = 0, spans.n - 1 do whole[idx + 1] = spans.r[tostring(idx)] end
+        for j, idx in ipairs(spans.l) do whole[idx + 1] = groups[j] end
+        groups = whole
+      end
       local alloc = table.concat(groups, ';')
       local until_ms = now + ttl_ms
       local c, u = string.format('%d', now), string.format('%d', until_ms)
       redis.call('HSET', order_key, 'p', payload, 'a', alloc, 'c', c, 'u', u,
         's', 'pending_payment', 'n', 1)
+      if spans then redis.call('HSET', order_key, 'x', spans.x) end
       local lives = math.max(record_ttl, math.ceil(ttl_ms / 1000) + 3600)
       redis.call('EXPIRE', order_key, lives)
       if loc ~= '' then redis.call('SET', locator_key, loc, 'EX', lives) end

@@ -4,18 +4,21 @@
 -- KEYS[4]  sale hash        KEYS[5]  the user's per-sale counter (both unused without a sale)
 -- KEYS[6]  the ready marker    KEYS[7]  the rate limits hash
 -- KEYS[8]  the paying service key's payments:key bucket (gateway/ratelimits.py; used by pay only)
--- KEYS[9..] one stock hash per order line, in line order
+-- KEYS[9]  orders whose parts in other partitions have a status to follow (zset, gateway/spans.py)
+-- KEYS[10..] one stock hash per order line, in line order
 -- ARGV[1]  action           ARGV[2]  order id
 -- ARGV[3]  rules "src>dst>event>stock;..." for this action (gateway/lifecycle.py is the table)
 -- ARGV[4]  statuses that mean the action already happened, "a,b"
 -- ARGV[5]  event data (JSON)      ARGV[6]  payment id ("" unless pay)
 -- ARGV[7]  "1" when the order belongs to a sale     ARGV[8]  seconds the order record lives
 -- ARGV[9]  cancel reason (recorded when the order ends up cancelled)
--- ARGV[10] "" or the order's record from PostgreSQL as JSON of strings {p, a, c, u, s, n, pid?, cr?, sh?, rf?},
+-- ARGV[10] "" or the order's record from PostgreSQL as JSON of strings {p, a, c, u, s, n, pid?, cr?, sh?, rf?, x?},
 --          restored when Redis no longer holds it (its record outlived OMS_IDEMPOTENCY_TTL)
 -- ARGV[11] the restock channel: a release publishes each SKU there, so every process forgets
 --          that it was sold out (gateway/soldout.py)
--- ARGV[12..] the SKU of each order line, in line order (the stock keys are not parsed back)
+-- ARGV[12..] the SKU of each order line, in line order (the stock keys are not parsed back); ""
+--          for a line held in another partition (the record's x names them): its stock is
+--          left to that partition's part, and a changed stock effect lists the order in KEYS[9]
 --
 -- Returns one of
 --   {-2}                     Redis lost its data or is being rebuilt (nothing changed)
@@ -36,11 +39,11 @@ local data, payment_id, in_sale, record_ttl = ARGV[5], ARGV[6], ARGV[7] == '1', 
 local reason = ARGV[9]
 
 if redis.call('EXISTS', KEYS[6]) == 0 then return {-2} end
-local fields = {'s', 'n', 'a', 'u', 'pid', 'cr'}
+local fields = {'s', 'n', 'a', 'u', 'pid', 'cr', 'x'}
 local rec = redis.call('HMGET', order_key, unpack(fields))
 if not rec[1] and ARGV[10] ~= '' then
   local h = cjson.decode(ARGV[10])
-  for _, f in ipairs({'p', 'a', 'c', 'u', 's', 'n', 'pid', 'cr', 'sh', 'rf'}) do
+  for _, f in ipairs({'p', 'a', 'c', 'u', 's', 'n', 'pid', 'cr', 'sh', 'rf', 'x'}) do
     if type(h[f]) == 'string' then redis.call('HSET', order_key, f, h[f]) end
   end
   if h.s == 'pending_payment' then redis.call('ZADD', expiry_key, h.u, order_id) end
@@ -88,9 +91,9 @@ if effect ~= 'none' then
   local j = 0
   for group in string.gmatch(rec[3], '[^;]+') do
     j = j + 1
-    local stock_key, sku = KEYS[8 + j], ARGV[11 + j]
-    if effect == 'release' then redis.call('PUBLISH', ARGV[11], sku) end
-    for wh, qty in string.gmatch(group, '([^=,]+)=(%d+)') do
+    local stock_key, sku = KEYS[9 + j], ARGV[11 + j]
+    if effect == 'release' and sku ~= '' then redis.call('PUBLISH', ARGV[11], sku) end
+    for wh, qty in string.gmatch(sku ~= '' and group or '', '([^=,]+)=(%d+)') do
       qty = tonumber(qty)
       units = units + qty
       redis.call('HINCRBY', stock_key, 'r:' .. wh, -qty)
@@ -106,6 +109,7 @@ if effect ~= 'none' then
     end
   end
 end
+if effect ~= 'none' and rec[7] then redis.call('ZADD', KEYS[9], now, order_id) end
 if effect == 'release' and in_sale then
   redis.call('HINCRBY', counter_key, 'units', -units)
   redis.call('HINCRBY', sale_key, 'sold', -units)

@@ -18,6 +18,7 @@ BUILDERS = {
     "sales": keys.sales, "sale_version": keys.sale_version, "sale_user": keys.sale_user,
     "stockstate": keys.stock_state, "ready": keys.ready, "ratelimits": keys.rate_limits, "bucket": keys.bucket,
     "locator": keys.locator, "transfer": keys.transfer, "transfers": keys.transfers, "received": keys.received,
+    "hold": keys.hold, "holds": keys.holds, "remote": keys.remote,
 }
 # Characters that mean something in a key (separator, hash tag, glob, digits of a length
 # prefix) or in the kind words, and any other character a user id may hold.

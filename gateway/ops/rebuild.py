@@ -21,7 +21,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from gateway import keys
+from gateway import keys, spans
 from gateway.models import decode_order
 from gateway.ops.reconcile import HOLDING, PG_STOCK
 from gateway.orders import ORDER_SELECT, record_of
@@ -143,8 +143,8 @@ async def _clear(redis: aioredis.Redis, partitions: list[str]) -> None:
     """Delete every key the rebuild writes, so none that PostgreSQL no longer knows lingers
     (one partition at a time: a Cluster's UNLINK takes keys of one slot)."""
     for p in partitions:
-        doomed: list[Any] = [keys.warehouses(p), keys.sales(p), keys.expiry(p)]
-        for kind in ("stock", "order", "sale", "sale_user", "holders", "locator"):
+        doomed: list[Any] = [keys.warehouses(p), keys.sales(p), keys.expiry(p), keys.holds(p), keys.remote(p)]
+        for kind in ("stock", "order", "sale", "sale_user", "holders", "locator", "hold"):
             async for key in redis.scan_iter(match=keys.pattern(kind, p), count=BATCH):
                 doomed.append(key)
                 if len(doomed) >= BATCH:
@@ -227,20 +227,22 @@ async def _orders(
     async for r in rows:
         order = decode_order(r["payload"].encode())
         items = order.items
-        try:
-            p = layout.target((item.sku for item in items), order.user_id)
-        except keys.SpansPartitions:
-            raise Refused(f"order {r['order_id']!r} holds SKUs of several partitions under "
-                          f"OMS_PARTITIONS={layout.count}; rebuild with the layout it was taken under") from None
+        # each line where the gateway put it: one partition, or an order over several (gateway/spans.py)
+        parts = spans.parts_of(layout, [item.sku for item in items], order.user_id)
+        where = {j: q for q, idx in parts.items() for j in idx}
+        p = next(iter(parts))
         key = keys.order(r["order_id"], p)
         record = record_of(r)
+        if len(parts) > 1:
+            record["x"] = ",".join(list(parts)[1:])
         out.pipe.hset(key, mapping=record)
+        groups = parse_alloc(record["a"])
         if r["status"] in HOLDING:  # _stock put a hot SKU's reserved units in its first bucket
-            for item, takes in zip(items, parse_alloc(record["a"]), strict=True):
+            for j, (item, takes) in enumerate(zip(items, groups, strict=True)):
                 first = layout.places(item.sku)[0]
-                for wh, qty in takes if first != p else ():
+                for wh, qty in takes if first != where[j] else ():
                     out.pipe.hincrby(keys.stock(item.sku, first), reserved_field(wh), -qty)
-                    out.pipe.hincrby(keys.stock(item.sku, p), reserved_field(wh), qty)
+                    out.pipe.hincrby(keys.stock(item.sku, where[j]), reserved_field(wh), qty)
         ttl = record_ttl
         if r["status"] == "pending_payment":  # reserve.lua: the record outlives its reservation
             ttl = max(record_ttl, math.ceil((r["until_ms"] - r["created_ms"]) / 1000) + 3600)
@@ -249,8 +251,14 @@ async def _orders(
         out.pipe.expire(key, ttl)
         if layout.count > 1:  # reserve.lua: where lifecycle calls find it
             out.pipe.set(keys.locator(r["order_id"], layout.home(r["order_id"])), p, ex=ttl)
-        for item in items:  # reserve.lua: the SKU's holders
-            out.pipe.zadd(keys.holders(item.sku, p), {r["order_id"]: now_ms + ttl * 1000})
+        state = "held" if r["status"] in HOLDING else "shipped" if "sh" in record else "released"
+        for q, idx in list(parts.items())[1:]:  # hold.lua's record of each part elsewhere
+            hold = keys.hold(r["order_id"], q)
+            alloc = ";".join(",".join(f"{wh}={qty}" for wh, qty in groups[j]) for j in idx)
+            out.pipe.hset(hold, mapping={"p": record["p"], "a": alloc, "s": state, "m": p})
+            out.pipe.expire(hold, ttl)
+        for j, item in enumerate(items):  # reserve.lua and hold.lua: the SKU's holders
+            out.pipe.zadd(keys.holders(item.sku, where[j]), {r["order_id"]: now_ms + ttl * 1000})
         await out.row_done()
     await out.flush()
     return total, pending

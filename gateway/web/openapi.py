@@ -31,7 +31,7 @@ SERVICE_ROLES = ("admin", "ops", "payments", "storefront")
 AD_HOC = {"malformed_json": 400, "client_closed": 400, "invalid_token": 401, "token_expired": 401,
           "sku_not_in_sale": 409, "channel_not_allowed": 409, "too_deep": 422, "duplicate_sku": 422,
           "unknown_parameter": 422, "spans_partitions": 422, "sale_spans_partitions": 422,
-          "sale_moves_partition": 422, "order_spans_partitions": 409}
+          "sale_moves_partition": 422}
 COMMON = {  # kind of route -> codes every such route may answer
     "authenticated": ("unauthorized", "invalid_token", "token_expired", "backend_unavailable"),
     "body": ("malformed_json", "client_closed", "payload_too_large", "invalid", "too_deep"),

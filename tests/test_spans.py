@@ -1,0 +1,201 @@
+"""Orders whose lines span inventory partitions: holds, then the primary, all or nothing.
+
+``make test-cluster`` runs this file on the 3-primary cluster too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway import keys, spans
+from gateway.ops.rebuild import rebuild
+from gateway.ops.reconcile import reconcile
+from gateway.orders import transition_call
+from gateway.web import appkeys as K
+from tests.conftest import auth, order_body
+
+N = 4
+LAYOUT = keys.Partitions(N)
+
+
+def skus(count: int) -> list[str]:
+    """One SKU in each of ``count`` different partitions."""
+    found: dict[str, str] = {}
+    n = 0
+    while len(found) < count:
+        found.setdefault(LAYOUT.of_sku(f"g{n}:x"), f"g{n}:x")
+        n += 1
+    return list(found.values())
+
+
+A, B, C = skus(3)
+
+
+async def span_gateway(make_gateway, **overrides):
+    return await make_gateway(partitions=N, **overrides)
+
+
+async def buy(gw, order_id: str, lines: list[tuple[str, int]], user: str = "u-1"):
+    return await gw.post("/v1/orders", order_body(order_id, user, [{"sku": s, "qty": q} for s, q in lines]),
+                         auth("k-web"))
+
+
+async def levels(gw, *names: str) -> list[tuple[int, int]]:
+    return [((v := await gw.stock(s))["available"], v["reserved"]) for s in names]
+
+
+async def test_an_order_over_three_partitions_is_taken_whole_and_stored_whole(make_gateway, redis, pg):
+    gw = await span_gateway(make_gateway)
+    for sku in (A, B, C):
+        await gw.set_stock(sku, {"W1": 5})
+    resp = await buy(gw, "s-1", [(A, 1), (B, 2), (C, 3)])
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert [(a["sku"], a["qty"]) for a in body["allocations"]] == [(A, 1), (B, 2), (C, 3)]
+    assert await levels(gw, A, B, C) == [(4, 1), (3, 2), (2, 3)]
+    primary = LAYOUT.of_sku(A)
+    assert await redis.hget(keys.order("s-1", primary), "x") is not None
+    for sku in (B, C):
+        assert await redis.hget(keys.hold("s-1", LAYOUT.of_sku(sku)), "s") == b"held"
+        assert not await redis.zcard(keys.holds(LAYOUT.of_sku(sku)))  # committed
+    assert (await buy(gw, "s-1", [(A, 1), (B, 2), (C, 3)])).status == 200  # a replay
+    other = await buy(gw, "s-1", [(A, 1), (B, 1)])
+    assert other.status == 409 and (await other.json())["code"] == "idempotency_mismatch"
+    assert await levels(gw, A, B, C) == [(4, 1), (3, 2), (2, 3)]
+    await gw.caught_up()
+    rows = await pg.fetch("SELECT sku, qty FROM allocations WHERE order_id = 's-1' ORDER BY sku")
+    assert sorted((r["sku"], r["qty"]) for r in rows) == sorted([(A, 1), (B, 2), (C, 3)])
+    assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
+
+
+async def test_a_short_line_anywhere_takes_nothing_anywhere(make_gateway):
+    gw = await span_gateway(make_gateway)
+    await gw.set_stock(A, {"W1": 5})
+    await gw.set_stock(B, {"W1": 1})
+    await gw.set_stock(C, {"W1": 5})
+    short_held = await buy(gw, "s-2", [(A, 1), (B, 2), (C, 1)])  # a hold refuses
+    assert short_held.status == 409
+    assert (await short_held.json())["code"] == "insufficient_stock" and B in (await short_held.json())["detail"]
+    short_primary = await buy(gw, "s-3", [(A, 9), (C, 1)])  # the primary refuses after the hold
+    assert short_primary.status == 409 and A in (await short_primary.json())["detail"]
+    assert await levels(gw, A, B, C) == [(5, 0), (1, 0), (5, 0)]
+    again = await buy(gw, "s-3", [(A, 1), (C, 1)])  # a moment's tombstone: no attempt still on its way
+    assert again.status == 503 and again.headers["Retry-After"]  # takes the order with the holds given back
+    await asyncio.sleep(spans.GIVE_BACK_S + 0.1)  # the tombstone's life is time itself
+    assert (await buy(gw, "s-3", [(A, 1), (C, 1)])).status == 201  # then the id is free again
+
+
+async def test_cancel_ship_and_expiry_move_every_part(make_gateway, pg, redis):
+    gw = await span_gateway(make_gateway, reservation_ttl=1)
+    for sku in (A, B):
+        await gw.set_stock(sku, {"W1": 10})
+    for n in range(3):
+        assert (await buy(gw, f"l-{n}", [(A, 1), (B, 2)])).status == 201
+    cancelled = await gw.client.post("/v1/orders/l-0/cancel", json={"reason": "customer"}, headers=auth("k-ops"))
+    assert cancelled.status == 200, await cancelled.text()
+    paid = await gw.client.post("/v1/orders/l-1/payment", json={"payment_id": "p-1", "amount": 0},
+                                headers=auth("k-pay"))
+    assert paid.status == 200, await paid.text()
+    shipped = await gw.client.post("/v1/orders/l-1/ship", json={}, headers=auth("k-ops"))
+    assert shipped.status == 200, await shipped.text()
+    deadline = time.time() + 1.2
+    await asyncio.sleep(max(0.0, deadline - time.time()))  # l-2's reservation runs out: time itself
+    await asyncio.wait_for(gw.app[K.EXPIRER].wait_pass(), 5)
+    assert (await (await gw.client.get("/v1/orders/l-2", headers=auth("k-ops"))).json())["status"] == "cancelled"
+    a, b = await gw.stock(A), await gw.stock(B)
+    assert (a["on_hand"], a["reserved"], b["on_hand"], b["reserved"]) == (9, 0, 8, 0)  # l-1 shipped from both
+    assert await redis.zcard(keys.remote(LAYOUT.of_sku(A))) == 0  # every part followed at once
+    await gw.caught_up()
+    moves = await pg.fetch("SELECT sku, delta FROM inventory_movements WHERE order_id = 'l-1' ORDER BY sku")
+    assert sorted((r["sku"], r["delta"]) for r in moves) == sorted([(A, -1), (B, -2)])
+    assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
+
+
+async def test_holds_a_dead_process_left_are_given_back_and_its_late_primary_is_refused(make_gateway, redis):
+    gw = await span_gateway(make_gateway)
+    scripts = gw.app[K.SCRIPTS]
+    await gw.set_stock(A, {"W1": 5})
+    await gw.set_stock(B, {"W1": 5})
+    payload = order_body("dead-1", "u-1", [{"sku": A, "qty": 1}, {"sku": B, "qty": 2}])
+    await gw.client.get("/v1/inventory/" + A, headers=auth("k-ops"))
+    pref = list(gw.app[K.WAREHOUSES].order("priority", None))
+    q = LAYOUT.of_sku(B)
+    from gateway.models import encode, decode_order
+    raw = encode(decode_order(__import__("orjson").dumps(payload))).decode()
+    ks, args = spans.hold_call("take", "dead-1", raw, q, [[B, 2, pref]], arg=LAYOUT.of_sku(A),
+                               version=gw.app[K.WAREHOUSES].versions[q], lives=3600)
+    assert (await scripts.call("hold", ks, args))[0] == 1  # then the process died
+    assert (await gw.stock(B))["available"] == 3
+    assert await spans.sweep(scripts, LAYOUT, q) == 0  # not stale yet
+    await redis.zadd(keys.holds(q), {"dead-1": int(time.time() * 1000) - spans.STALE_MS - 1})
+    assert await spans.sweep(scripts, LAYOUT, q) == 1
+    assert (await gw.stock(B))["available"] == 5  # given back
+    late = await gw.post("/v1/orders", payload, auth("k-web"))  # its retry meets the tombstone
+    assert late.status == 503 and (await late.json())["code"] == "backend_unavailable"
+    assert await levels(gw, A, B) == [(5, 0), (5, 0)]
+
+
+async def test_a_committed_order_keeps_its_holds_and_a_lost_status_is_caught_up(make_gateway, redis, pg):
+    gw = await span_gateway(make_gateway)
+    scripts = gw.app[K.SCRIPTS]
+    await gw.set_stock(A, {"W1": 5})
+    await gw.set_stock(B, {"W1": 5})
+    assert (await buy(gw, "c-1", [(A, 1), (B, 2)])).status == 201
+    p, q = LAYOUT.of_sku(A), LAYOUT.of_sku(B)
+    await redis.zadd(keys.holds(q), {"c-1": 1})  # as if its process died before the commit
+    assert await spans.sweep(scripts, LAYOUT, q) == 1
+    assert await redis.hget(keys.hold("c-1", q), "s") == b"held" and (await gw.stock(B))["reserved"] == 2
+    payload = __import__("orjson").loads(await redis.hget(keys.order("c-1", p), "p"))
+    ks, args = transition_call("c-1", payload, "cancel", {"reason": "ops"}, reason="ops", record_ttl=3600,
+                               p=p, layout=LAYOUT)
+    await scripts.call("transition", ks, args)  # cancelled, then the process died before its holds heard
+    assert await levels(gw, A, B) == [(5, 0), (3, 2)]
+    await redis.zadd(keys.remote(p), {"c-1": 1})
+    assert await spans.sweep(scripts, LAYOUT, p) == 1
+    assert await levels(gw, A, B) == [(5, 0), (5, 0)]
+    await gw.caught_up()
+    assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
+
+
+async def test_many_buyers_of_an_order_over_two_partitions_never_oversell_either(make_gateway, redis, pg):
+    gw = await span_gateway(make_gateway)
+    await gw.set_stock(A, {"W1": 30})
+    await gw.set_stock(B, {"W1": 50})
+    answers = await asyncio.gather(*(buy(gw, f"m-{n}", [(A, 1), (B, 1)], f"u-{n}") for n in range(100)))
+    assert sum(r.status == 201 for r in answers) == 30 and {r.status for r in answers} == {201, 409}
+    assert await levels(gw, A, B) == [(0, 30), (20, 30)]  # no hold left behind by the 70 refused
+    await gw.caught_up()
+    assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
+
+
+async def test_redis_rebuilt_puts_the_holds_back_and_a_cancel_still_frees_every_part(make_gateway, redis, pg):
+    gw = await span_gateway(make_gateway)
+    await gw.set_stock(A, {"W1": 5})
+    await gw.set_stock(B, {"W1": 5})
+    assert (await buy(gw, "r-1", [(A, 2), (B, 3)])).status == 201
+    await gw.caught_up()
+    await redis.flushall()
+    await gw.app[K.WRITER].ensure_group()
+    await rebuild(redis, pg, idempotency_ttl=86400, layout=LAYOUT)
+    assert await levels(gw, A, B) == [(3, 2), (2, 3)]
+    assert (await buy(gw, "r-1", [(A, 2), (B, 3)])).status == 200
+    resp = await gw.client.post("/v1/orders/r-1/cancel", json={"reason": "ops"}, headers=auth("k-ops"))
+    assert resp.status == 200, await resp.text()
+    assert await levels(gw, A, B) == [(5, 0), (5, 0)]
+    await gw.caught_up()
+    assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
+
+
+async def test_the_same_order_sent_twice_at_once_by_two_gateways_is_one_order_with_its_holds(make_gateway, redis):
+    gws = [await span_gateway(make_gateway), await span_gateway(make_gateway)]
+    await gws[0].set_stock(A, {"W1": 50})
+    await gws[0].set_stock(B, {"W1": 50})
+    await gws[0].set_stock(C, {"W1": 50})
+    lines = [(A, 1), (B, 1), (C, 1)]
+    answers = await asyncio.gather(*(buy(gws[n % 2], f"t-{n // 4}", lines) for n in range(40)))
+    assert {r.status for r in answers} <= {200, 201, 503}
+    assert sum(r.status == 201 for r in answers) == 10  # one order per id
+    assert await levels(gws[0], A, B, C) == [(40, 10)] * 3  # each holds its units once, none lost
+    for sku in (B, C):
+        assert await redis.zcard(keys.holds(LAYOUT.of_sku(sku))) == 0
