@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
+
 from gateway import keys, spans
+from gateway.models import decode_order, encode
 from gateway.ops.rebuild import rebuild
 from gateway.ops.reconcile import reconcile
 from gateway.orders import transition_call
@@ -118,11 +121,9 @@ async def test_holds_a_dead_process_left_are_given_back_and_its_late_primary_is_
     await gw.set_stock(A, {"W1": 5})
     await gw.set_stock(B, {"W1": 5})
     payload = order_body("dead-1", "u-1", [{"sku": A, "qty": 1}, {"sku": B, "qty": 2}])
-    await gw.client.get("/v1/inventory/" + A, headers=auth("k-ops"))
     pref = list(gw.app[K.WAREHOUSES].order("priority", None))
     q = LAYOUT.of_sku(B)
-    from gateway.models import encode, decode_order
-    raw = encode(decode_order(__import__("orjson").dumps(payload))).decode()
+    raw = encode(decode_order(orjson.dumps(payload))).decode()  # the payload as the gateway encodes it
     ks, args = spans.hold_call("take", "dead-1", raw, q, [[B, 2, pref]], arg=LAYOUT.of_sku(A),
                                version=gw.app[K.WAREHOUSES].versions[q], lives=3600)
     assert (await scripts.call("hold", ks, args))[0] == 1  # then the process died
@@ -146,7 +147,7 @@ async def test_a_committed_order_keeps_its_holds_and_a_lost_status_is_caught_up(
     await redis.zadd(keys.holds(q), {"c-1": 1})  # as if its process died before the commit
     assert await spans.sweep(scripts, LAYOUT, q) == 1
     assert await redis.hget(keys.hold("c-1", q), "s") == b"held" and (await gw.stock(B))["reserved"] == 2
-    payload = __import__("orjson").loads(await redis.hget(keys.order("c-1", p), "p"))
+    payload = orjson.loads(await redis.hget(keys.order("c-1", p), "p"))
     ks, args = transition_call("c-1", payload, "cancel", {"reason": "ops"}, reason="ops", record_ttl=3600,
                                p=p, layout=LAYOUT)
     await scripts.call("transition", ks, args)  # cancelled, then the process died before its holds heard
