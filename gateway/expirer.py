@@ -21,6 +21,7 @@ from gateway.orders import check_reply, transition_call
 from gateway.scripts import Scripts
 
 log = logging.getLogger(__name__)
+SWEEP_EVERY = 1.0  # seconds between looks for moves and holds a dead process left (both wait seconds)
 
 
 class Expirer:
@@ -52,14 +53,18 @@ class Expirer:
             await self._pass.wait_for(lambda: self._passes >= target)
 
     async def _run(self) -> None:
+        sweep_due = 0.0
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             try:
                 while await self.expire_due() == self.batch:
                     pass
-                for p in self.layout.all() if self.layout.hot else ():  # moves a dead process left
-                    await buckets.recover(self.scripts, p)
-                for p in self.layout.all() if self.layout.count > 1 else ():  # and orders over partitions
-                    await spans.sweep(self.scripts, self.layout, p)
+                if self.layout.count > 1 and loop.time() >= sweep_due:  # what dead processes left, each second
+                    sweep_due = loop.time() + SWEEP_EVERY
+                    for p in self.layout.all():
+                        if self.layout.hot:
+                            await buckets.recover(self.scripts, p)
+                        await spans.sweep(self.scripts, self.layout, p)
             except Exception as exc:
                 log_retry(log, exc, "expirer pass failed; retrying")
             async with self._pass:
