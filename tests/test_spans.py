@@ -17,22 +17,9 @@ from gateway.ops.reconcile import reconcile
 from gateway.orders import transition_call
 from gateway.web import appkeys as K
 from tests.conftest import auth, order_body
+from tests.test_partitioned import LAYOUT, N, groups
 
-N = 4
-LAYOUT = keys.Partitions(N)
-
-
-def skus(count: int) -> list[str]:
-    """One SKU in each of ``count`` different partitions."""
-    found: dict[str, str] = {}
-    n = 0
-    while len(found) < count:
-        found.setdefault(LAYOUT.of_sku(f"g{n}:x"), f"g{n}:x")
-        n += 1
-    return list(found.values())
-
-
-A, B, C = skus(3)
+A, B, C = (f"{g}:x" for g in groups(3))  # one SKU in each of three partitions
 
 
 async def span_gateway(make_gateway, **overrides):
