@@ -100,6 +100,13 @@ def unpack(entry: bytes) -> dict[bytes, bytes]:
     return {k.encode("latin-1"): v.encode("latin-1") for k, v in orjson.loads(entry).items()}
 
 
+def stream_id(entry_id: bytes, partition: str) -> str:
+    """An entry's id in PostgreSQL (the writers' idempotence key): unique across partitions,
+    whose streams make the same ids in the same millisecond, so those of a partition other
+    than ``{p0}`` carry it after the id (``1733-0@{p1.3}``: its time still leads)."""
+    return entry_id.decode() if partition == keys.ONE else f"{entry_id.decode()}@{partition}"
+
+
 def describe(exc: BaseException) -> str:
     return printable(f"{type(exc).__name__}: {exc}") or ""
 
@@ -280,7 +287,7 @@ class Writer:
         (decoding, rows, hashing input) overlaps PostgreSQL's.
         """
         self._held.update(e[0] for e in entries)
-        rows = Rows.of(entries)
+        rows = Rows.of(entries, self.partition)
         await _finished(committing)
         return asyncio.get_running_loop().create_task(self._write(stream, entries, rows))
 
@@ -322,14 +329,14 @@ class Writer:
             entry_id, fields = entries[0]
             error = describe(exc)
             rows = Rows()
-            rows.quarantine(entry_id.decode(), fields, error)
+            rows.quarantine(stream_id(entry_id, self.partition), fields, error)
             await self._commit(stream, entries, rows)
             log.warning("writer %s: entry %s quarantined: %s", self.name, entry_id.decode(), error)
             return
         mid = len(entries) // 2
         for part in (entries[:mid], entries[mid:]):
             try:
-                await self._commit(stream, part, Rows.of(part))
+                await self._commit(stream, part, Rows.of(part, self.partition))
             except DATA_FAULTS as err:
                 await self._isolate(stream, part, err)
 
@@ -384,11 +391,11 @@ class Rows:
                 "inventory_movements": len(self.moves), "quarantine": len(self.held)}
 
     @classmethod
-    def of(cls, entries: list[Entry]) -> Rows:
+    def of(cls, entries: list[Entry], partition: str = keys.ONE) -> Rows:
         rows = cls()
         for entry_id, fields in entries:
             if fields:  # empty: deleted from the stream after its write; only the ack is left
-                rows.read(entry_id.decode(), fields)
+                rows.read(stream_id(entry_id, partition), fields)
         return rows
 
     def read(self, stream_id: str, fields: dict[bytes, bytes]) -> None:

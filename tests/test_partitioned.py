@@ -77,6 +77,23 @@ async def test_each_group_sells_in_its_own_partition_and_the_writers_store_every
     assert stats["stream_length"] == 0 and stats["writer_pending"] == 0
 
 
+async def test_entries_with_the_same_id_in_two_partitions_streams_are_both_written(pgw, redis, pg):
+    """Streams make their ids alone: two partitions give the same id in the same millisecond."""
+    a, b = groups(2)
+    for g in (a, b):
+        await pgw.set_stock(f"{g}:x", {"W1": 5})
+    await pgw.caught_up()
+    entry_id = f"{int(time.time() * 1000) + 60_000}-7"  # later than any id either stream made
+    for g in (a, b):
+        await redis.xadd(keys.events(LAYOUT.of_sku(f"{g}:x")), {"t": "inventory.moved", "s": f"{g}:x", "w": "W1",
+                                                                 "d": "1", "h": "6", "r": "count"}, id=entry_id)
+    await pgw.caught_up()
+    rows = await pg.fetch("SELECT sku, stream_id FROM inventory_movements WHERE reason = 'count' ORDER BY sku")
+    assert sorted(r["sku"] for r in rows) == sorted([f"{a}:x", f"{b}:x"])  # neither taken for the other
+    assert len({r["stream_id"] for r in rows}) == 2 and all(r["stream_id"].startswith(entry_id) for r in rows)
+    assert [await pg.fetchval("SELECT on_hand FROM inventory WHERE sku = $1", f"{g}:x") for g in (a, b)] == [6, 6]
+
+
 async def test_a_sale_order_naming_a_sku_of_another_partition_is_refused_and_takes_nothing(pgw):
     a, b = groups(2)
     window = {"starts_at": "2020-01-01T00:00:00Z", "ends_at": "2190-01-01T00:00:00Z"}
