@@ -197,18 +197,20 @@ class Coalescer:
         results: list[Any] = [None] * len(batch)
         several = self.layout.count > 1
         groups: dict[str, list[int]] = {} if several else {keys.ONE: list(range(len(batch)))}
-        spanning: list[int] = []
+        spanning: list[tuple[str, int]] = []  # (primary partition, order)
         for i, (order, _, _) in enumerate(orders if several else ()):
             try:
-                p = self.layout.target((item.sku for item in order.items), order.user_id)
+                groups.setdefault(self.layout.target((item.sku for item in order.items), order.user_id), []).append(i)
             except keys.SpansPartitions as exc:
-                if order.sale_id is None:
-                    spanning.append(i)
+                if order.sale_id is None:  # its primary: its first line's partition (gateway/spans.py)
+                    spanning.append((self.layout.target([order.items[0].sku], order.user_id), i))
                 else:  # a sale's SKUs share their partition: some line here is not the sale's
                     results[i] = Invalid(f"the order's skus belong to more than one inventory partition ({exc})",
                                          code="spans_partitions")
-                continue
-            groups.setdefault(p, []).append(i)
+        claimed: list[int] = []
+        if several:
+            claimed = await self._claim(orders, [(p, i) for p, idx in groups.items() for i in idx] + spanning, results)
+            groups = {p: kept for p, idx in groups.items() if (kept := [i for i in idx if results[i] is None])}
         if spanning:  # part by part, beside the batch's one call per partition
             gate = asyncio.Semaphore(SPANNING_AT_ONCE)
 
@@ -216,9 +218,9 @@ class Coalescer:
                 async with gate:
                     return await self._spanning(*orders[i], epoch)
 
-            for i, result in zip(spanning, await asyncio.gather(*map(one, spanning)), strict=True):
+            ready = [i for _, i in spanning if results[i] is None]
+            for i, result in zip(ready, await asyncio.gather(*map(one, ready)), strict=True):
                 results[i] = result
-        claimed = await self._claim(orders, groups, results) if several else []
         pulls: dict[int, int] = {}  # order -> pulls made for it (gateway/buckets.py)
         while groups:
             parts = list(groups)
@@ -268,15 +270,7 @@ class Coalescer:
     async def _spanning(self, order: OrderIn, payload: bytes, key_id: str, epoch: int) -> Result | Exception:
         """An order whose lines span partitions (gateway/spans.py): its holds, then its primary."""
         parts = spans.parts_of(self.layout, [item.sku for item in order.items], order.user_id)
-        primary, *others = parts
-        home = self.layout.home(order.order_id)
-        claimed = False
-        if home != primary:
-            before = await self.scripts.execute(self.scripts.redis.pipeline(transaction=False).set(
-                keys.locator(order.order_id, home), primary, nx=True, get=True, ex=self._lives(order)))
-            if before[0] is not None and before[0].decode() != primary:
-                return IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
-            claimed = before[0] is None
+        primary, *others = parts  # its locator is claimed (_claim): a refusal here takes it back with the batch's
         raw = payload.decode()
         pref = list(self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None))
         lines = {p: [[order.items[j].sku, order.items[j].qty, pref] for j in parts[p]] for p in others}
@@ -327,8 +321,6 @@ class Coalescer:
         if fresh:  # refused, or a replay of an order that no longer holds stock: give back this attempt's
             await self.scripts.call_many("hold", [spans.hold_call("settle", order.order_id, raw, p, lines[p],
                                                                   arg="cancelled") for p in fresh])
-        if claimed and not isinstance(result, tuple):
-            await self._unclaim([0], [(order, payload, key_id)])
         return result
 
     async def _primary(self, order: OrderIn, payload: bytes, key_id: str, epoch: int, parts: dict[str, list[int]],
@@ -361,15 +353,17 @@ class Coalescer:
             r = [r[0], parts[primary][int(r[1])], r[2]]
         return self._decode(order, payload, r, epoch)
 
-    async def _claim(self, orders: list[tuple[OrderIn, bytes, str]], groups: dict[str, list[int]],
+    async def _claim(self, orders: list[tuple[OrderIn, bytes, str]], placed: list[tuple[str, int]],
                      results: list[Any]) -> list[int]:
-        """Write the locator of each order kept outside its id's home partition (gateway/keys.py).
+        """Write the locator of each order kept outside its id's home partition (gateway/keys.py);
+        ``placed`` pairs each order with the partition it is reserved in (its primary, for one
+        over several).
 
         A locator naming another partition means the id was taken there with another payload:
-        that order is answered 409 and leaves its group. Returns the orders whose locator was
-        written here, so a refusal takes it back.
+        that order is answered 409 here. Returns the orders whose locator was written here, so
+        a refusal takes it back.
         """
-        away = [(p, i) for p, idx in groups.items() for i in idx if self.layout.home(orders[i][0].order_id) != p]
+        away = [(p, i) for p, i in placed if self.layout.home(orders[i][0].order_id) != p]
         if not away:
             return []
         pipe = self.scripts.redis.pipeline(transaction=False)
@@ -383,10 +377,7 @@ class Coalescer:
             if before is None:
                 claimed.append(i)
             elif before.decode() != p:
-                groups[p].remove(i)
                 results[i] = IdempotencyMismatch(f"order_id {orders[i][0].order_id!r} was used with another payload")
-        for p in [p for p, idx in groups.items() if not idx]:
-            del groups[p]
         return claimed
 
     async def _unclaim(self, refused: list[int], orders: list[tuple[OrderIn, bytes, str]]) -> None:
