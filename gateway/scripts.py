@@ -22,7 +22,7 @@ from gateway.faults import unavailable
 from gateway.redisconn import route
 
 NAMES = ("reserve", "stock", "transition", "repair", "move", "hold", "abort")
-PRELUDES = {"reserve": ("bucket",), "transition": ("bucket",)}  # Lua files put before a script
+PRELUDES = {"reserve": ("bucket",), "transition": ("bucket", "effect"), "hold": ("effect",)}  # Lua files put before a script
 T = TypeVar("T")
 
 

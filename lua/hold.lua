@@ -1,4 +1,5 @@
 -- hold.lua: a secondary partition's part of an order whose lines span partitions (gateway/spans.py).
+-- (gateway/scripts.py puts lua/effect.lua before it: line_effect.)
 --
 -- KEYS[1]  the hold record of the order here    KEYS[2]  holds not yet known committed (zset)
 -- KEYS[3]  the ready marker    KEYS[4]  the warehouse version    KEYS[5]  the events stream
@@ -44,20 +45,7 @@ if step == 'settle' then
   local j = 0
   for group in string.gmatch(rec[2], '[^;]+') do
     j = j + 1
-    local stock_key, sku = KEYS[5 + j], lines[j][1]
-    if effect == 'release' then redis.call('PUBLISH', ARGV[8], sku) end
-    for wh, qty in string.gmatch(group, '([^=,]+)=(%d+)') do
-      qty = tonumber(qty)
-      redis.call('HINCRBY', stock_key, 'r:' .. wh, -qty)
-      if effect == 'release' then
-        redis.call('HINCRBY', stock_key, wh, qty)
-      else
-        local left = redis.call('HMGET', stock_key, wh, 'r:' .. wh)
-        local on_hand = tonumber(left[1] or '0') + tonumber(left[2] or '0')
-        redis.call('XADD', events_key, '*', 't', 'inventory.moved', 's', sku, 'w', wh,
-          'd', string.format('%d', -qty), 'h', string.format('%d', on_hand), 'r', 'shipment', 'o', order_id)
-      end
-    end
+    line_effect(KEYS[5 + j], lines[j][1], group, effect, events_key, order_id, ARGV[8])
   end
   redis.call('HSET', hold_key, 's', effect == 'release' and 'released' or 'shipped')
   redis.call('ZREM', open_key, order_id)

@@ -91,22 +91,8 @@ if effect ~= 'none' then
   local j = 0
   for group in string.gmatch(rec[3], '[^;]+') do
     j = j + 1
-    local stock_key, sku = KEYS[9 + j], ARGV[11 + j]
-    if effect == 'release' and sku ~= '' then redis.call('PUBLISH', ARGV[11], sku) end
-    for wh, qty in string.gmatch(sku ~= '' and group or '', '([^=,]+)=(%d+)') do
-      qty = tonumber(qty)
-      units = units + qty
-      redis.call('HINCRBY', stock_key, 'r:' .. wh, -qty)
-      if effect == 'release' then
-        redis.call('HINCRBY', stock_key, wh, qty)
-      else
-        local left = redis.call('HMGET', stock_key, wh, 'r:' .. wh)
-        local on_hand = tonumber(left[1] or '0') + tonumber(left[2] or '0')
-        redis.call('XADD', events_key, '*', 't', 'inventory.moved', 's', sku, 'w', wh,
-          'd', string.format('%d', -qty), 'h', string.format('%d', on_hand), 'r', 'shipment',
-          'o', order_id)
-      end
-    end
+    local sku = ARGV[11 + j]
+    if sku ~= '' then units = units + line_effect(KEYS[9 + j], sku, group, effect, events_key, order_id, ARGV[11]) end
   end
 end
 if effect ~= 'none' and rec[7] then redis.call('ZADD', KEYS[9], now, order_id) end
