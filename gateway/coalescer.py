@@ -273,7 +273,7 @@ class Coalescer:
         primary, *others = parts  # its locator is claimed (_claim): a refusal here takes it back with the batch's
         raw = payload.decode()
         pref = list(self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None))
-        lines = {p: [[order.items[j].sku, order.items[j].qty, pref] for j in parts[p]] for p in others}
+        lines = {p: [[order.items[j].sku, order.items[j].qty, pref] for j in parts[p]] for p in others}  # one pref list
         held: dict[str, tuple[str, bool]] = {}  # partition -> (allocation, taken now)
         result: Result | Exception | None = None
         # A fault (BackendDown) leaves the holds as they are: the primary may have the order
@@ -301,9 +301,7 @@ class Coalescer:
             if not stale or result is not None:
                 break
             await self.warehouses.load()
-            for part in lines.values():
-                for line in part:
-                    line[2] = list(self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None))
+            pref[:] = self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None)
         if result is None and len(held) < len(others):
             result = Overloaded()
         if result is None:
