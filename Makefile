@@ -8,7 +8,8 @@ BENCH_STAMP := $(VENV)/.installed-bench
 LOCUST_HOST ?= http://127.0.0.1:8080
 FUZZ_EXAMPLES ?= 500
 TEST_WORKERS ?= 2  # pytest-xdist processes, each with its own embedded servers; 0 runs the suite in this process
-# run a second time on a 3-primary Valkey Cluster (OMS_TEST_CLUSTER=1): one suite, two backends
+# run a second time on a 3-primary Valkey Cluster (OMS_TEST_CLUSTER=1) with the stock over
+# 3 partitions (OMS_TEST_PARTITIONS=3): one suite, two backends
 CLUSTER_TESTS := tests/test_partitioned.py tests/test_buckets.py tests/test_spans.py tests/test_flash_sale.py tests/test_idempotency.py tests/test_allocation_split.py tests/test_sales.py \
 	tests/test_lifecycle.py tests/test_expiry.py tests/test_rebuild.py tests/test_soldout.py
 SOAK_ARGS ?= --seed 1 --faults 20 --orders 100000
@@ -26,7 +27,7 @@ all: test
 help:
 	@echo "make run    install into .venv and start the gateway (embedded Valkey + PostgreSQL under .data/)"
 	@echo "make test   install into .venv, build the console, and run the whole suite against real servers"
-	@echo "make test-cluster  the partitioned, hot-SKU bucket, across-partition, flash-sale, idempotency, split, sales, lifecycle, expiry, rebuild and sold-out tests on a local 3-primary Valkey Cluster (make test runs it too)"
+	@echo "make test-cluster  the partitioned, hot-SKU bucket, across-partition, flash-sale, idempotency, split, sales, lifecycle, expiry, rebuild and sold-out tests on a local 3-primary Valkey Cluster, 3 partitions (make test runs it too)"
 	@echo "make console  build the ops console into console/dist (npm ci, npm run build; needs Node 20 and npm)"
 	@echo "make fuzz   the API fuzzed against its OpenAPI document, longer and with fresh random cases (FUZZ_EXAMPLES=500 per operation)"
 	@echo "make soak   the seeded fault soak: a flash sale against serve through kills, stops, restarts, network faults and a power cut, then 0 lost / duplicated / oversold (SOAK_ARGS='--seed 1 --faults 20 --orders 100000')"
@@ -73,7 +74,7 @@ test: install console-if-npm
 	@$(MAKE) --no-print-directory test-cluster
 
 test-cluster: install
-	OMS_TEST_CLUSTER=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(CLUSTER_TESTS) $(PYTEST_ARGS)
+	OMS_TEST_CLUSTER=1 OMS_TEST_PARTITIONS=3 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(CLUSTER_TESTS) $(PYTEST_ARGS)
 
 fuzz: install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py $(PYTEST_ARGS)

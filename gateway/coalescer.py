@@ -199,6 +199,9 @@ class Coalescer:
         groups: dict[str, list[int]] = {} if several else {keys.ONE: list(range(len(batch)))}
         spanning: list[tuple[str, int]] = []  # (primary partition, order)
         for i, (order, _, _) in enumerate(orders if several else ()):
+            if (stray := self._stray_line(order)) is not None:
+                results[i] = self._sale_refusal(order, "sku_not_in_sale", stray, 0)
+                continue
             try:
                 groups.setdefault(self.layout.target((item.sku for item in order.items), order.user_id), []).append(i)
             except keys.SpansPartitions as exc:
@@ -416,6 +419,16 @@ class Coalescer:
         if missing == order.items[line].qty and may_mark and self.soldout is not None:  # nothing left anywhere
             self.soldout.mark(sku, epoch)
         return InsufficientStock(sku, missing)
+
+    def _stray_line(self, order: OrderIn) -> int | None:
+        """A line of a sale order whose SKU keeps its stock away from the sale's partitions, so
+        cannot be in it (a sale's partitions are its SKUs' and never change); None when the
+        sale is not known here: the reserve script judges."""
+        sale = self.sales.by_id.get(order.sale_id) if order.sale_id is not None else None
+        if sale is None:
+            return None
+        places = self.layout.places(sale.skus[0])
+        return next((j for j, item in enumerate(order.items) if self.layout.places(item.sku) != places), None)
 
     @staticmethod
     def _sale_refusal(order: OrderIn, code: str, a: int, b: int) -> Exception:

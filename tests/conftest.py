@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import db, redisconn
+from gateway import db, keys, orders, redisconn
 from gateway.config import Settings
 from gateway.ops.embedded import EmbeddedPostgres, EmbeddedValkey, EmbeddedValkeyCluster
 from gateway.web import appkeys as K
@@ -167,10 +167,14 @@ def settings(backends: Backends) -> Settings:
         "OMS_REDIS_URL": backends.redis_url, "OMS_DATABASE_URL": backends.database_url,
         "OMS_API_KEYS": API_KEYS, "OMS_JWT_SECRET": SECRET, "OMS_ENV": "test",
         "OMS_WRITER_CLAIM_IDLE_MS": "200",
-        # make test-cluster runs the cluster files again with the stock over three partitions
-        **{k.replace("OMS_TEST_", "OMS_"): v for k, v in os.environ.items()
-           if k in ("OMS_TEST_PARTITIONS", "OMS_TEST_PARTITION_SEP")},
+        **LAYOUT_ENV,
     })
+
+
+# make test-cluster runs the cluster files with the stock over three partitions
+# (OMS_TEST_PARTITIONS=3); a command a test starts is given the same layout
+LAYOUT_ENV = {k.replace("OMS_TEST_", "OMS_"): v for k, v in os.environ.items()
+              if k in ("OMS_TEST_PARTITIONS", "OMS_TEST_PARTITION_SEP")}
 
 
 class Gateway:
@@ -179,6 +183,24 @@ class Gateway:
     def __init__(self, app: web.Application, client: TestClient) -> None:
         self.app = app
         self.client = client
+        self.layout: keys.Partitions = app[K.SETTINGS].layout
+
+    async def order_key(self, order_id: str) -> str:
+        """The key of the order's record, in the partition that holds it."""
+        return keys.order(order_id, await orders.locate(self.app[K.REDIS], self.layout, order_id))
+
+    async def expire_record(self, order_id: str) -> None:
+        """What the record's TTL does: the record and its locator gone."""
+        await self.app[K.REDIS].delete(await self.order_key(order_id),
+                                       keys.locator(order_id, self.layout.home(order_id)))
+
+    async def stream_length(self) -> int:
+        """Entries in the events streams of every partition."""
+        return sum([await self.app[K.REDIS].xlen(keys.events(p)) for p in self.layout.all()])
+
+    async def ready(self) -> bool:
+        """Whether every partition's ready marker is set."""
+        return all([await self.app[K.REDIS].exists(keys.ready(p)) for p in self.layout.all()])
 
     async def caught_up(self) -> None:
         """Wait until the writer has written everything the stream held at this call."""

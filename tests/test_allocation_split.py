@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from gateway import keys
-from gateway.web import appkeys as K
 from tests.conftest import auth, order_body
 
 
@@ -38,7 +36,7 @@ async def test_short_line_rejects_whole_order_and_takes_nothing(make_gateway, re
     gw = await make_gateway(run_writer=False)  # the stream only grows: its length shows every append
     await gw.set_stock("A", {"W1": 5, "W2": 5})
     await gw.set_stock("B", {"W1": 1, "W2": 1})
-    before_len = await redis.xlen(keys.events())
+    before_len = await gw.stream_length()
     resp = await gw.post("/v1/orders", order_body("short-1", items=[{"sku": "A", "qty": 7}, {"sku": "B", "qty": 3}]))
     assert resp.status == 409
     problem = await resp.json()
@@ -46,7 +44,7 @@ async def test_short_line_rejects_whole_order_and_takes_nothing(make_gateway, re
     assert problem["sku"] == "B" and problem["missing"] == 1
     assert (await gw.stock("A"))["available"] == 10
     assert (await gw.stock("B"))["available"] == 2
-    assert await redis.xlen(keys.events()) == before_len
+    assert await gw.stream_length() == before_len
     got = await gw.client.get("/v1/orders/short-1", headers=auth("k-ops"))
     assert got.status == 404
 
@@ -79,6 +77,6 @@ async def test_order_is_readable_right_after_201_and_after_writer(gw):
     got = await gw.client.get("/v1/orders/read-1", headers=auth("k-ops"))
     assert await got.json() == {**created, **since}
     await gw.caught_up()
-    await gw.app[K.REDIS].delete(keys.order("read-1"))
+    await gw.expire_record("read-1")
     from_pg = await (await gw.client.get("/v1/orders/read-1", headers=auth("k-ops"))).json()
     assert from_pg == {**created, **since}

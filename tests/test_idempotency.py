@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from gateway import keys
 from tests.conftest import auth, order_body
 
 
@@ -78,7 +77,7 @@ async def test_past_the_window_an_old_id_is_new_to_redis_and_postgresql_quaranti
     body = order_body("old-1", items=[{"sku": "SKU-1", "qty": 2}])
     assert (await gw.post("/v1/orders", body, auth("k-web"))).status == 201
     await gw.caught_up()
-    await redis.delete(keys.order("old-1"))  # what the record's TTL does
+    await gw.expire_record("old-1")
     assert (await gw.post("/v1/orders", body, auth("k-web"))).status == 201
     await gw.caught_up()
     assert await pg.fetchval("SELECT count(*) FROM orders WHERE order_id = 'old-1'") == 1

@@ -16,11 +16,10 @@ import pytest
 from gateway import keys
 from gateway.ops.rebuild import Refused, rebuild
 from gateway.web import appkeys as K
-from tests.conftest import auth, order_body
+from tests.conftest import LAYOUT_ENV, auth, order_body
 
 ROOT = Path(__file__).resolve().parent.parent
 SKUS = ("SKU-1", "SKU-2")
-READY = keys.ready()
 
 
 def at(seconds: float) -> str:
@@ -97,7 +96,8 @@ async def lose_redis(gw, redis) -> None:
 
 
 async def run_rebuild(gw, pg, **kwargs) -> dict:
-    return await rebuild(gw.app[K.REDIS], pg, idempotency_ttl=gw.app[K.SETTINGS].idempotency_ttl, **kwargs)
+    return await rebuild(gw.app[K.REDIS], pg, idempotency_ttl=gw.app[K.SETTINGS].idempotency_ttl,
+                         layout=gw.layout, **kwargs)
 
 
 async def test_rebuild_restores_stock_and_sale_counts_then_marks_ready(gw, redis, pg):
@@ -105,7 +105,7 @@ async def test_rebuild_restores_stock_and_sale_counts_then_marks_ready(gw, redis
     before, sold_before = await stock_views(gw), await sold(gw)
     await lose_redis(gw, redis)
     counts = await run_rebuild(gw, pg)
-    assert await redis.exists(READY)
+    assert await gw.ready()
     assert await stock_views(gw) == before
     on_hand = {(r["sku"], r["warehouse"]): r["on_hand"] for r in await pg.fetch("SELECT * FROM inventory")}
     for sku, view in before.items():
@@ -121,7 +121,7 @@ async def test_rebuilt_orders_can_be_paid_shipped_and_replayed(gw, redis, pg):
     await lose_redis(gw, redis)
     await run_rebuild(gw, pg)
     # the holders a sold-out SKU's flag lets through to replay (gateway/soldout.py)
-    assert {m.decode() for m in await redis.zrange(keys.holders("SKU-2"), 0, -1)} == {"o-pending", "o-paid",
+    assert {m.decode() for m in await redis.zrange(keys.holders("SKU-2", gw.layout.of_sku("SKU-2")), 0, -1)} == {"o-pending", "o-paid",
                                                                                       "o-shipped"}
     replay = await gw.post("/v1/orders", order_body("o-pending", "u-1", [{"sku": "SKU-2", "qty": 2}]))
     assert replay.status == 200 and await replay.json() == created["o-pending"]
@@ -168,13 +168,14 @@ async def test_rebuilt_sale_keeps_per_user_limits(gw, redis, pg):
 
 async def test_forced_rebuild_drops_counters_postgres_does_not_back(gw, redis, pg):
     await workload(gw)
-    ghost = keys.sale_user("s1", "ghost")
-    legacy = keys.sale("s1:u:u-9")  # where u-9's units in s1 lived before keys were injective
+    p = gw.layout.of_sku("SKU-1")  # the sale's partition
+    ghost = keys.sale_user("s1", "ghost", p)
+    legacy = keys.sale("s1:u:u-9", p)  # where u-9's units in s1 lived before keys were injective
     for key in (ghost, legacy):
         await redis.hset(key, "units", 2)
     await run_rebuild(gw, pg, force=True)
     assert not await redis.exists(ghost, legacy)
-    assert await redis.hget(keys.sale_user("s1", "u-9"), "units") == b"3"
+    assert await redis.hget(keys.sale_user("s1", "u-9", p), "units") == b"3"
 
 
 async def test_flash_sale_after_rebuild_never_oversells(gw, redis, pg):
@@ -226,7 +227,7 @@ async def test_rebuild_refuses_a_redis_in_service_and_twice_gives_the_same_state
     first = await keyspace(redis)
     await run_rebuild(gw, pg, force=True)
     assert await keyspace(redis) == first
-    assert await redis.exists(READY)
+    assert await gw.ready()
 
 
 async def test_rebuild_refuses_while_events_are_not_in_postgres_yet(make_gateway, redis, pg):
@@ -234,7 +235,7 @@ async def test_rebuild_refuses_while_events_are_not_in_postgres_yet(make_gateway
     await gw.set_stock("SKU-1", {"W1": 5})
     with pytest.raises(Refused, match="not in PostgreSQL yet"):
         await run_rebuild(gw, pg, force=True)
-    assert not await redis.exists(READY)  # stopped selling: the stream only drains from here
+    assert not any([await redis.exists(keys.ready(p)) for p in gw.layout.all()])  # stopped selling: the stream only drains from here
     gw.app[K.WRITER].start()
     await gw.caught_up()
     await run_rebuild(gw, pg)
@@ -254,7 +255,7 @@ async def test_postgres_reserving_more_than_on_hand_is_reported_and_clamped(gw, 
 
 async def cli(backends, *args: str) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
-    env.update(OMS_REDIS_URL=backends.redis_url, OMS_DATABASE_URL=backends.database_url)
+    env.update(OMS_REDIS_URL=backends.redis_url, OMS_DATABASE_URL=backends.database_url, **LAYOUT_ENV)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "rebuild-redis", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -270,7 +271,7 @@ async def test_cli_rebuilds_and_refuses_a_second_run_without_force(gw, redis, pg
     code, out, err = await cli(backends)
     assert code == 0, err
     assert orjson.loads(out)["pending"] == 2  # stdout is the counts alone, the bar is on stderr
-    assert await redis.exists(READY)
+    assert await gw.ready()
     assert await stock_views(gw) == before
     code, _, err = await cli(backends)
     assert code == 2 and "refused" in err and "--force" in err

@@ -70,7 +70,7 @@ async def test_orders_after_the_last_unit_are_refused_by_the_fast_path_and_reser
         assert problem["code"] == "insufficient_stock"
         assert (problem["sku"], problem["missing"]) == ("SO-1", 2)
     assert fast(gw) - before == 5
-    assert not any([await redis.exists(keys.order(f"late-{n}")) for n in range(5)])
+    assert not any([await redis.exists(await gw.order_key(f"late-{n}")) for n in range(5)])
     assert (await gw.stock("SO-1"))["warehouses"]["W1"] == {"on_hand": 2, "reserved": 2, "available": 0}
     resp = await gw.client.get("/v1/stats", headers=OPS)
     assert (await resp.json())["sold_out_answers"] == fast(gw)
@@ -120,7 +120,7 @@ async def test_units_that_came_back_without_a_restock_message_sell_once_the_flag
     """A lost message costs at most ``ttl`` seconds of refusals, never stranded units."""
     memory(gw).ttl = 0.5
     await sell_out(gw)
-    await redis.hincrby(keys.stock("SO-1"), "W1", 1)  # no publish: as if the message was lost
+    await redis.hincrby(keys.stock("SO-1", gw.layout.of_sku("SO-1")), "W1", 1)  # no publish: as if the message was lost
     await asyncio.sleep(0.6)  # the lapse is a time, there is no event to await
     assert not memory(gw).remembers("SO-1")
     assert (await buy(gw, "still-sells"))[0] == 201
@@ -138,15 +138,15 @@ async def test_a_sku_with_more_holders_than_the_limit_is_not_remembered_but_stil
         await memory(gw).loaded()
     assert not memory(gw).remembers("SO-1")
     assert fast(gw) == before
-    assert not any([await redis.exists(keys.order(f"refused-{n}")) for n in range(3)])
+    assert not any([await redis.exists(await gw.order_key(f"refused-{n}")) for n in range(3)])
 
 
 async def test_holders_that_outlived_their_record_are_trimmed(gw, redis):
-    await redis.zadd(keys.holders("SO-1"), {"long-gone": 1})
+    await redis.zadd(keys.holders("SO-1", gw.layout.of_sku("SO-1")), {"long-gone": 1})
     await sell_out(gw)
-    assert await redis.zscore(keys.holders("SO-1"), "long-gone") is None
-    lives = await redis.ttl(keys.order("SO-1-won-0"))
-    score = await redis.zscore(keys.holders("SO-1"), "SO-1-won-0")
+    assert await redis.zscore(keys.holders("SO-1", gw.layout.of_sku("SO-1")), "long-gone") is None
+    lives = await redis.ttl(await gw.order_key("SO-1-won-0"))
+    score = await redis.zscore(keys.holders("SO-1", gw.layout.of_sku("SO-1")), "SO-1-won-0")
     assert abs(score / 1000 - (await redis.time())[0] - lives) < 5
 
 
@@ -190,7 +190,7 @@ async def test_redis_restarted_without_its_data_answers_503_not_sold_out(gw, red
     every flag: what it remembered came from the Redis that is gone."""
     await sell_out(gw)
     memory(gw).forgot.clear()
-    await redis.delete(keys.ready())
+    await redis.delete(*[keys.ready(p) for p in gw.layout.all()])
     await redis.client_kill_filter(_type="pubsub")
     await asyncio.wait_for(memory(gw).forgot.wait(), 5)
     assert not memory(gw).remembers("SO-1")
