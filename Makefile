@@ -70,11 +70,11 @@ run: install console-if-npm
 	$(PY) -m gateway serve
 
 test: install console-if-npm
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-cluster
 
 test-cluster: install
-	OMS_TEST_CLUSTER=1 OMS_TEST_PARTITIONS=3 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(CLUSTER_TESTS) $(PYTEST_ARGS)
+	OMS_TEST_CLUSTER=1 OMS_TEST_PARTITIONS=3 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(CLUSTER_TESTS) $(PYTEST_ARGS)
 
 fuzz: install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py $(PYTEST_ARGS)

@@ -74,6 +74,7 @@ async def engine(redis):
     return redis, scripts, cache, sales
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stock=layouts, qtys=st.lists(st.integers(1, 9), min_size=4, max_size=4),
        strategy=st.sampled_from(["priority", "region", "max_stock"]), region=st.sampled_from(["east", "west"]))

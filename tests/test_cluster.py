@@ -133,6 +133,7 @@ async def holds_settled(gw) -> None:
 
 
 # last in the file: each run leaves the cluster failed over (the killed node back as a replica)
+@pytest.mark.slow
 @pytest.mark.parametrize("partitions", [1, 3])
 async def test_a_primary_killed_under_load_loses_no_acknowledged_order_and_oversells_nothing(
         on_cluster, cluster, pg, partitions):

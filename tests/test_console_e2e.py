@@ -35,6 +35,7 @@ expect = playwright_api.expect
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium; .ci/run does)"),
     pytest.mark.timeout(120),
+    pytest.mark.slow,
 ]
 NAV = {  # role: the nav entries it sees, in order (console/src/nav.ts)
     "admin": ["orders", "stock", "sales", "live", "health", "finance"],

@@ -684,6 +684,7 @@ class GatewayMachine(RuleBasedStateMachine):
         assert status == 200 and report["ok"] and not report.get("lagging"), report
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(max(180, EXAMPLES * STEPS // 5))
 async def test_gateway_agrees_with_a_model_of_stock_orders_and_limits(make_gateway, pg):
     gw = await make_gateway()
