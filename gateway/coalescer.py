@@ -281,12 +281,13 @@ class Coalescer:
         result: Result | Exception | None = None
         # A fault (BackendDown) leaves the holds as they are: the primary may have the order
         # though its answer was lost, so only the sweep, asking the primary, gives them back.
-        for _ in range(3):  # a stale warehouse version: reload and take again
+        pulls = [0]  # units pulled into a short hot-SKU bucket (gateway/buckets.py), then again
+        for _ in range(3 + MAX_PULLS):  # a stale warehouse version: reload and take again
             waiting = [p for p in others if p not in held]
             calls = [spans.hold_call("take", order.order_id, raw, p, lines[p], arg=primary,
                                      version=self.warehouses.versions.get(p, -1), lives=self._lives(order))
                      for p in waiting]
-            stale = False
+            stale = pulled = False
             for p, reply in zip(waiting, await self.scripts.call_many("hold", calls, wait_aof=self.wait_aof),
                                 strict=True):
                 if isinstance(reply, Exception):
@@ -296,19 +297,23 @@ class Coalescer:
                     held[p] = (reply[1].decode(), bool(int(reply[2])))
                 elif code is Hold.STALE_WAREHOUSES:
                     stale = True
+                elif code is Hold.SHORT and await self._pull(order, parts[p][int(reply[1])], p, int(reply[2]), pulls):
+                    pulled = True
                 elif result is None:
                     result = (NotReady() if code is Hold.NOT_READY else
                               IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
                               if code is Hold.MISMATCH else
-                              self._decode(order, payload, [Reserve.SHORT, parts[p][int(reply[1])], reply[2]], epoch))
-            if not stale or result is not None:
+                              self._decode(order, payload, [Reserve.SHORT, parts[p][int(reply[1])], reply[2]], epoch,
+                                           pulls[0] < MAX_PULLS))
+            if not (stale or pulled) or result is not None:
                 break
-            await self.warehouses.load()
-            pref[:] = self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None)
+            if stale:
+                await self.warehouses.load()
+                pref[:] = self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None)
         if result is None and len(held) < len(others):
             result = Overloaded()
         if result is None:
-            result = await self._primary(order, payload, key_id, epoch, parts, primary, held)
+            result = await self._primary(order, payload, key_id, epoch, parts, primary, held, pulls)
         live = isinstance(result, tuple) and (result[0] == 201 or result[1]["status"] in spans.HOLDING)
         fresh = [p for p, (_, new) in held.items() if new]
         if not live and fresh and not isinstance(result, tuple):
@@ -325,14 +330,14 @@ class Coalescer:
         return result
 
     async def _primary(self, order: OrderIn, payload: bytes, key_id: str, epoch: int, parts: dict[str, list[int]],
-                       primary: str, held: dict[str, tuple[str, bool]]) -> Result | Exception:
+                       primary: str, held: dict[str, tuple[str, bool]], pulls: list[int]) -> Result | Exception:
         """Reserve the primary's lines with the holds' allocations for the others."""
         here = msgspec.structs.replace(order, items=[order.items[j] for j in parts[primary]])
         remote = {str(j): group for p, (alloc, _) in held.items() for j, group in zip(parts[p], alloc.split(";"),
                                                                                       strict=True)}
         spec = {order.order_id: {"n": len(order.items), "l": parts[primary], "r": remote, "x": ",".join(held)}}
         homes = frozenset([order.order_id]) if self.layout.home(order.order_id) == primary else frozenset()
-        for _ in range(3):
+        for _ in range(3 + MAX_PULLS):
             ks, args = reserve_call([(here, payload, key_id)], self.warehouses, self.sales, self.strategy, self.ttl_ms,
                                     self.record_ttl, self.max_backlog, primary, homes, spec)
             reply = await self.scripts.call("reserve", ks, args, wait_aof=self.wait_aof)
@@ -341,18 +346,30 @@ class Coalescer:
                 return NotReady()
             if code == Reserve.BACKLOG_FULL:
                 return BacklogFull()
-            if code != Reserve.STALE_WAREHOUSES:
-                break
-            await self.warehouses.load()
-        else:
-            return Overloaded()
-        await self.sales.refresh(int(reply[1]), primary)
-        r = reply[2]
-        if int(r[0]) == Reserve.ABORTED:
-            return spans.aborted()
-        if int(r[0]) == Reserve.SHORT:
+            if code == Reserve.STALE_WAREHOUSES:
+                await self.warehouses.load()
+                continue
+            await self.sales.refresh(int(reply[1]), primary)
+            r = reply[2]
+            if int(r[0]) == Reserve.ABORTED:
+                return spans.aborted()
+            if int(r[0]) != Reserve.SHORT:
+                return self._decode(order, payload, r, epoch)
             r = [r[0], parts[primary][int(r[1])], r[2]]
-        return self._decode(order, payload, r, epoch)
+            if not await self._pull(order, int(r[1]), primary, int(r[2]), pulls):
+                return self._decode(order, payload, r, epoch, pulls[0] < MAX_PULLS)
+        return Overloaded()
+
+    async def _pull(self, order: OrderIn, line: int, p: str, missing: int, pulls: list[int]) -> bool:
+        """Whether units of the short line's SKU, a hot one, were pulled into its bucket ``p``
+        from the others (at most MAX_PULLS times per order): then the order is tried again.
+        Short once they are spent proves no sell-out (``_decode``'s ``may_mark``)."""
+        sku = order.items[line].sku
+        if pulls[0] >= MAX_PULLS or len(self.layout.places(sku)) == 1:
+            return False
+        moved = await buckets.pull(self.scripts, self.layout, sku, p, missing)
+        pulls[0] += bool(moved)
+        return bool(moved)
 
     async def _claim(self, orders: list[tuple[OrderIn, bytes, str]], placed: list[tuple[str, int]],
                      results: list[Any]) -> list[int]:

@@ -166,3 +166,30 @@ async def test_two_gateways_pulling_from_each_other_sell_every_unit_once_and_los
     await gws[0].caught_up()
     await gws[1].caught_up()
     assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
+
+
+async def test_an_order_across_partitions_pulls_for_its_hot_line_as_a_one_partition_order_does(
+        make_gateway, redis, pg):
+    """With K < N buckets, a hot line beside a line of another partition makes the order span:
+    its hot part, the primary's (hot line first) or a hold (second), pulls when short."""
+    layout = keys.Partitions(N, ":", ((HOT, 2),))
+    first, second = layout.places(HOT)
+    cold = next(f"c{n}:x" for n in range(100) if layout.of_sku(f"c{n}:x") not in (first, second))
+    gw = await make_gateway(partitions=N, hot_skus=layout.hot)
+    await gw.set_stock(HOT, {"W1": 8})
+    await gw.set_stock(cold, {"W1": 20})
+    await buckets.gather(gw.app[K.SCRIPTS], layout, HOT)  # every unit in the first bucket
+    users = (f"u-{n}" for n in range(100_000) if layout.target([HOT], f"u-{n}") == second)
+
+    async def buy(n: int):
+        lines = [HOT, cold] if n % 2 else [cold, HOT]
+        return await gw.post("/v1/orders", order_body(f"x-{n}", next(users), [{"sku": s, "qty": 1} for s in lines]),
+                             auth("k-web"))
+
+    answers = [await buy(n) for n in range(10)]
+    assert [r.status for r in answers] == [201] * 8 + [409] * 2, [await r.text() for r in answers]
+    assert {(await r.json())["code"] for r in answers[8:]} == {"insufficient_stock"}
+    assert [((v := await gw.stock(s))["available"], v["reserved"]) for s in (HOT, cold)] == [(0, 8), (12, 8)]
+    assert [await redis.zcard(keys.holds(p)) for p in layout.all()] == [0] * N  # the refused gave theirs back
+    await gw.caught_up()
+    assert (await reconcile(redis, pg, layout=layout))["ok"]
