@@ -310,15 +310,19 @@ class Coalescer:
             if stale:
                 await self.warehouses.load()
                 pref[:] = self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None)
+        if isinstance(result, InsufficientStock):  # a replay of an order that holds nothing now takes nothing
+            result = await self._recorded(order, payload, primary, epoch) or result
         if result is None and len(held) < len(others):
             result = Overloaded()
         if result is None:
             result = await self._primary(order, payload, key_id, epoch, parts, primary, held, pulls)
         live = isinstance(result, tuple) and (result[0] == 201 or result[1]["status"] in spans.HOLDING)
         fresh = [p for p, (_, new) in held.items() if new]
-        if not live and fresh and not isinstance(result, tuple):
+        if not live and fresh and not isinstance(result, tuple | IdempotencyMismatch):
             # refused: the holds this attempt took go back, unless a concurrent attempt with the
-            # same payload got the order with them (the primary has it: lua/abort.lua)
+            # same payload got the order with them (the primary has it: lua/abort.lua). The id
+            # with another payload (whose parts, released by a cancel, this attempt took again)
+            # keeps none of them.
             live = bool(await self.scripts.call("abort", [keys.order(order.order_id, primary)], [spans.GIVE_BACK_S]))
         if live:  # the order holds them (a replay of a live order too)
             await self.scripts.call_many("hold", [spans.hold_call("commit", order.order_id, raw, p, lines[p])
@@ -359,6 +363,19 @@ class Coalescer:
             if not await self._pull(order, int(r[1]), primary, int(r[2]), pulls):
                 return self._decode(order, payload, r, epoch, pulls[0] < MAX_PULLS)
         return Overloaded()
+
+    async def _recorded(self, order: OrderIn, payload: bytes, primary: str, epoch: int) -> Result | Exception | None:
+        """What the primary's record of the order answers (a replay, or the id with another
+        payload), as lua/reserve.lua would; None when it has none. A hold released when its
+        order was cancelled or expired takes again on a replay, and may find the stock gone."""
+        pipe = self.scripts.redis.pipeline(transaction=False)
+        pipe.hmget(keys.order(order.order_id, primary), "p", "a", "c", "u", "s")
+        ((seen, alloc, created, until, status),) = await self.scripts.execute(pipe)
+        if seen is None:
+            return None
+        if seen != payload:
+            return IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
+        return self._decode(order, payload, [Reserve.REPLAYED, alloc, int(created), int(until), status], epoch)
 
     async def _pull(self, order: OrderIn, line: int, p: str, missing: int, pulls: list[int]) -> bool:
         """Whether units of the short line's SKU, a hot one, were pulled into its bucket ``p``

@@ -2,7 +2,7 @@
 
 ``OMS_TEST_REDIS_URL`` / ``OMS_TEST_DATABASE_URL`` point the suite at servers of your
 own; otherwise it starts embedded Valkey and PostgreSQL in a temporary directory. Under
-pytest-xdist (``make test`` runs two processes) each process starts its own pair, in its own
+pytest-xdist (``make test`` runs three processes) each process starts its own pair, in its own
 temporary directory, and a test file stays in one process (``--dist loadfile``). Servers of
 your own are shared by the processes: run those with ``TEST_WORKERS=0``.
 A test fails when the event loop reported an error nobody handled while it ran (a task
@@ -99,7 +99,7 @@ def loop_errors_recorded(loop: asyncio.AbstractEventLoop) -> Iterator[LoopErrors
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files with a slow test first, in their order, then the rest: under ``--dist loadfile``
-    (with ``--no-loadscope-reorder``) the two processes share out the long files early and
+    (with ``--no-loadscope-reorder``) the processes share out the long files early and
     the short ones fill in, rather than one long file running alone at the end."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)

@@ -102,6 +102,28 @@ async def test_cancel_ship_and_expiry_move_every_part(make_gateway, pg, redis):
     assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
 
 
+async def test_a_replay_of_a_cancelled_order_is_answered_though_its_held_stock_sold_since(make_gateway):
+    """The cancel released the hold; the replay takes nothing and gets the order, as on one partition."""
+    gw = await span_gateway(make_gateway)
+    await gw.set_stock(A, {"W1": 5})
+    await gw.set_stock(B, {"W1": 1})
+    created = await buy(gw, "c-1", [(A, 1), (B, 1)])
+    assert created.status == 201
+    cancelled = await gw.client.post("/v1/orders/c-1/cancel", json={"reason": "customer"}, headers=auth("k-ops"))
+    assert cancelled.status == 200, await cancelled.text()
+    other = await buy(gw, "c-1", [(A, 1), (B, 1)], user="u-2")  # takes the released hold for a moment
+    assert other.status == 409 and (await other.json())["code"] == "idempotency_mismatch"
+    assert await levels(gw, A, B) == [(5, 0), (1, 0)]  # and gives it back
+    assert (await buy(gw, "c-2", [(B, 1)], user="u-2")).status == 201  # the unit c-1 gave back
+    replay = await buy(gw, "c-1", [(A, 1), (B, 1)])
+    assert replay.status == 200, await replay.text()
+    assert {**await replay.json(), "status": "pending_payment"} == await created.json()
+    assert (await replay.json())["status"] == "cancelled"
+    other = await buy(gw, "c-1", [(A, 2), (B, 1)])
+    assert other.status == 409 and (await other.json())["code"] == "idempotency_mismatch"
+    assert await levels(gw, A, B) == [(5, 0), (0, 1)]
+
+
 async def test_holds_a_dead_process_left_are_given_back_and_its_late_primary_is_refused(make_gateway, redis):
     gw = await span_gateway(make_gateway)
     scripts = gw.app[K.SCRIPTS]
