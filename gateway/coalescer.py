@@ -370,11 +370,14 @@ class Coalescer:
         order was cancelled or expired takes again on a replay, and may find the stock gone."""
         pipe = self.scripts.redis.pipeline(transaction=False)
         pipe.hmget(keys.order(order.order_id, primary), "p", "a", "c", "u", "s")
-        ((seen, alloc, created, until, status),) = await self.scripts.execute(pipe)
+        ((seen, *fields),) = await self.scripts.execute(pipe)
         if seen is None:
             return None
         if seen != payload:
             return IdempotencyMismatch(f"order_id {order.order_id!r} was used with another payload")
+        if None in fields:  # not a whole record: the refusal stands
+            return None
+        alloc, created, until, status = fields
         return self._decode(order, payload, [Reserve.REPLAYED, alloc, int(created), int(until), status], epoch)
 
     async def _pull(self, order: OrderIn, line: int, p: str, missing: int, pulls: list[int]) -> bool:
