@@ -27,6 +27,19 @@ def order_candidates(candidates: Candidates, max_stock: bool) -> list[tuple[str,
     return ranked
 
 
+def in_order(need: int, candidates: Candidates) -> list[tuple[str, int]]:
+    """``need`` units taken warehouse by warehouse in candidate order (fewer when they run out)."""
+    takes = []
+    for wh, a in candidates:
+        if need == 0:
+            break
+        if a > 0:
+            take = min(a, need)
+            takes.append((wh, take))
+            need -= take
+    return takes
+
+
 def plan(needs: Sequence[int], candidates: Sequence[Candidates], max_stock: bool = False
          ) -> tuple[Plan | None, tuple[int, int] | None]:
     """(plan, None) when every line can be filled, else (None, (line index, units missing))."""
@@ -48,14 +61,6 @@ def plan(needs: Sequence[int], candidates: Sequence[Candidates], max_stock: bool
             wh = next((w for w in whole if w in used), whole[0])
             out.append([(wh, need)])
         else:
-            takes = []
-            for wh, a in cands[j]:
-                if need == 0:
-                    break
-                if a > 0:
-                    take = min(a, need)
-                    takes.append((wh, take))
-                    need -= take
-            out.append(takes)
+            out.append(in_order(need, cands[j]))
         used.extend(wh for wh, _ in out[-1] if wh not in used)
     return out, None

@@ -206,9 +206,16 @@ class Gateway:
         """Entries in the events streams of every partition."""
         return sum([await self.app[K.REDIS].xlen(keys.events(p)) for p in self.layout.all()])
 
+    async def markers(self) -> list[bool]:
+        """Whether each partition's ready marker is set."""
+        return [bool(await self.app[K.REDIS].exists(keys.ready(p))) for p in self.layout.all()]
+
     async def ready(self) -> bool:
-        """Whether every partition's ready marker is set."""
-        return all([await self.app[K.REDIS].exists(keys.ready(p)) for p in self.layout.all()])
+        return all(await self.markers())
+
+    async def open_holds(self) -> list[int]:
+        """Holds not yet known committed, per partition (gateway/spans.py)."""
+        return [await self.app[K.REDIS].zcard(keys.holds(p)) for p in self.layout.all()]
 
     async def caught_up(self) -> None:
         """Wait until the writer has written everything the stream held at this call."""

@@ -29,9 +29,9 @@ async def per_bucket(redis, field: str = "W1") -> list[int]:
     return [int(await redis.hget(keys.stock(HOT, p), field) or 0) for p in PLACES]
 
 
-def users_in(bucket: str, count: int) -> list[str]:
+def users_in(bucket: str, count: int, layout: keys.Partitions = LAYOUT) -> list[str]:
     """``count`` user ids whose orders of the hot SKU go to ``bucket``."""
-    found = (f"u-{n}" for n in range(100_000) if LAYOUT.target([HOT], f"u-{n}") == bucket)
+    found = (f"u-{n}" for n in range(100_000) if layout.target([HOT], f"u-{n}") == bucket)
     return [next(found) for _ in range(count)]
 
 
@@ -179,17 +179,15 @@ async def test_an_order_across_partitions_pulls_for_its_hot_line_as_a_one_partit
     await gw.set_stock(HOT, {"W1": 8})
     await gw.set_stock(cold, {"W1": 20})
     await buckets.gather(gw.app[K.SCRIPTS], layout, HOT)  # every unit in the first bucket
-    users = (f"u-{n}" for n in range(100_000) if layout.target([HOT], f"u-{n}") == second)
-
-    async def buy(n: int):
+    async def buy(n: int, user: str):
         lines = [HOT, cold] if n % 2 else [cold, HOT]
-        return await gw.post("/v1/orders", order_body(f"x-{n}", next(users), [{"sku": s, "qty": 1} for s in lines]),
+        return await gw.post("/v1/orders", order_body(f"x-{n}", user, [{"sku": s, "qty": 1} for s in lines]),
                              auth("k-web"))
 
-    answers = [await buy(n) for n in range(10)]
+    answers = [await buy(n, user) for n, user in enumerate(users_in(second, 10, layout))]
     assert [r.status for r in answers] == [201] * 8 + [409] * 2, [await r.text() for r in answers]
     assert {(await r.json())["code"] for r in answers[8:]} == {"insufficient_stock"}
     assert [((v := await gw.stock(s))["available"], v["reserved"]) for s in (HOT, cold)] == [(0, 8), (12, 8)]
-    assert [await redis.zcard(keys.holds(p)) for p in layout.all()] == [0] * N  # the refused gave theirs back
+    assert await gw.open_holds() == [0] * N  # the refused gave theirs back
     await gw.caught_up()
     assert (await reconcile(redis, pg, layout=layout))["ok"]

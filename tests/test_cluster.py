@@ -126,9 +126,8 @@ async def test_three_partitions_sit_on_three_primaries_and_sell_there(on_cluster
 
 async def holds_settled(gw) -> None:
     """Wait (expirer passes) until no partition keeps a hold not known committed."""
-    client, layout = gw.app[K.REDIS], gw.layout
     async with asyncio.timeout(60):
-        while sum([await client.zcard(keys.holds(p)) for p in layout.all()]):
+        while sum(await gw.open_holds()):
             await gw.app[K.EXPIRER].wait_pass()
 
 

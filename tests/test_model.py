@@ -40,7 +40,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from allocator import plan
+from allocator.policy import in_order, plan
 from gateway import keys, spans
 from gateway.web import appkeys as K
 from tests.conftest import as_user, auth, order_body
@@ -262,7 +262,7 @@ class GatewayMachine(RuleBasedStateMachine):
         warehouse in preference order."""
         lines = spec.lines
         if self.spans(spec):
-            primary, *held = spans.parts_of(self.gw.layout, [sku for sku, _ in lines], spec.user).values()
+            primary = next(iter(spans.parts_of(self.gw.layout, [sku for sku, _ in lines], spec.user).values()))
             lines = [lines[j] for j in primary]
         cands = [[(wh, self.available(sku, wh)) for wh in PREFERENCE] for sku, _ in lines]
         max_stock = spec.sale and self.strategy == "max_stock"
@@ -271,10 +271,7 @@ class GatewayMachine(RuleBasedStateMachine):
         found = {sku: dict(takes) for (sku, _), takes in zip(lines, taken, strict=True)}
         for sku, qty in spec.lines:
             if sku not in found:
-                found[sku] = {}
-                for wh in PREFERENCE:
-                    if (q := min(qty - sum(found[sku].values()), self.available(sku, wh))) > 0:
-                        found[sku][wh] = q
+                found[sku] = dict(in_order(qty, [(wh, self.available(sku, wh)) for wh in PREFERENCE]))
         return found
 
     def accept(self, spec: Spec, status: int, view: Any, before: dict[tuple[str, str], int],
