@@ -405,11 +405,11 @@ class Coalescer:
         if not away:
             return []
         pipe = self.scripts.redis.pipeline(transaction=False)
-        for p, i in away:
-            order = orders[i][0]
-            pipe.set(keys.locator(order.order_id, self.layout.home(order.order_id)), p, nx=True, get=True,
-                     ex=self._lives(order))
-        replies = await self.scripts.execute(pipe)
+        locators = [keys.locator(orders[i][0].order_id, self.layout.home(orders[i][0].order_id)) for _, i in away]
+        for (p, i), locator in zip(away, locators, strict=True):
+            pipe.set(locator, p, nx=True, get=True, ex=self._lives(orders[i][0]))
+        # durable as the order's record: a locator a failover lost would let the id be taken elsewhere
+        replies = await self.scripts.execute(pipe, locators if self.wait_aof else None)
         claimed = []
         for (p, i), before in zip(away, replies, strict=True):
             if before is None:

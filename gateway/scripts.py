@@ -82,28 +82,41 @@ class Scripts:
             # execute_command, not evalsha: redis-py refuses pipe.evalsha in cluster mode, while the
             # command itself is routed by its keys' slot like any other
             pipe.execute_command("EVALSHA", self.shas[name], len(keys), *keys, *args)
-        # on the connection that sent the calls: WAITAOF covers that connection's writes, one per
-        # node the calls went to (a batch over several partitions of a cluster reaches several)
-        waits = list({getattr(r.get("target_nodes"), "name", ""): r for r in (route(self.redis, ks[0]) for ks, _ in calls)}.values()) if wait_aof else []
-        for target in waits:
-            pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_ms, **target)
+        waits = self._waits(pipe, [ks[0] for ks, _ in calls] if wait_aof else [])
         started = time.perf_counter()
         replies = await self._redis_call(pipe.execute(raise_on_error=False))
         self._timings[name].observe(time.perf_counter() - started)
-        for _ in waits:
-            acked = replies.pop()
-            if isinstance(acked, Exception) or int(acked[0]) < 1 or int(acked[1]) < self.replicas:
-                raise BackendDown("Redis did not confirm the append-only file was synced"
-                                  + (" on a replica" if self.replicas else ""), backend="redis")
+        self._confirm(replies, waits)
         for reply in replies:
             fault = unavailable(reply) if isinstance(reply, Exception) else None
             if fault is not None:
                 raise fault from reply
         return replies
 
-    async def execute(self, pipe: Any) -> list[Any]:
-        """Run a pipeline of plain commands; a Redis fault is BackendDown, as for scripts."""
-        return await self._redis_call(pipe.execute())
+    def _waits(self, pipe: Any, written: list[str]) -> int:
+        """Queue a WAITAOF behind the pipeline's commands to each node holding a key of
+        ``written``, on the connection that sent them: WAITAOF covers that connection's writes,
+        one per node (a batch over several partitions of a cluster reaches several)."""
+        targets = {getattr(r.get("target_nodes"), "name", ""): r for r in map(lambda k: route(self.redis, k), written)}
+        for target in targets.values():
+            pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_ms, **target)
+        return len(targets)
+
+    def _confirm(self, replies: list[Any], waits: int) -> None:
+        """Pop the WAITAOF replies off ``replies``: BackendDown unless each confirms the sync."""
+        for _ in range(waits):
+            acked = replies.pop()
+            if isinstance(acked, Exception) or int(acked[0]) < 1 or int(acked[1]) < self.replicas:
+                raise BackendDown("Redis did not confirm the append-only file was synced"
+                                  + (" on a replica" if self.replicas else ""), backend="redis")
+
+    async def execute(self, pipe: Any, durable: list[str] | None = None) -> list[Any]:
+        """Run a pipeline of plain commands; a Redis fault is BackendDown, as for scripts.
+        With ``durable``, keys the commands wrote, a WAITAOF confirms them as ``wait_aof`` does."""
+        waits = self._waits(pipe, durable or [])
+        replies = await self._redis_call(pipe.execute())
+        self._confirm(replies, waits)
+        return replies
 
     @staticmethod
     async def _redis_call(call: Awaitable[T]) -> T:

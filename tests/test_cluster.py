@@ -124,6 +124,42 @@ async def test_three_partitions_sit_on_three_primaries_and_sell_there(on_cluster
     await gw.caught_up()
 
 
+def replica_of(cluster: EmbeddedValkeyCluster, primary: int) -> int:
+    """The port of the node replicating ``primary`` now (ROLE: a replica names its primary's port)."""
+    for port in cluster.procs:
+        with contextlib.closing(node(port)) as r:
+            role = r.execute_command("ROLE")
+        if role[0] == b"slave" and int(role[2]) == primary:
+            return port
+    raise AssertionError(f"no replica of {primary}")
+
+
+async def test_an_order_away_from_its_ids_home_waits_for_its_locator_on_a_replica(on_cluster, cluster):
+    """With ``replicated`` the locator, written on the id's home primary, is acknowledged as the
+    order's record is: once a replica has it too. A failover there could otherwise lose it, and
+    the same id with another payload be taken in another partition."""
+    gw = await on_cluster(durability="replicated", partitions=3)
+    await gw.set_stock("SKU-1", {"W1": 5})
+    placed = gw.layout.of_sku("SKU-1")
+    order_id = next(f"l-{n}" for n in range(100) if gw.layout.home(f"l-{n}") != placed)
+    client = gw.app[K.REDIS]
+    home = client.get_node_from_key(keys.locator(order_id, gw.layout.home(order_id))).port
+    assert home != client.get_node_from_key(keys.stock("SKU-1", placed)).port  # the order's own replica answers
+    paused = cluster.procs[replica_of(cluster, home)]
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        resp = await gw.post("/v1/orders", order_body(order_id), auth("k-web"))
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    assert resp.status == 503 and resp.headers["Retry-After"], await resp.text()
+    assert (await gw.stock("SKU-1"))["available"] == 5  # refused before any reservation
+    await asyncio.to_thread(cluster.wait_synced)
+    resp = await gw.post("/v1/orders", order_body(order_id), auth("k-web"))
+    assert resp.status == 201, await resp.text()
+    assert (await gw.stock("SKU-1"))["available"] == 4
+    await gw.caught_up()
+
+
 async def holds_settled(gw) -> None:
     """Wait (expirer passes) until no partition keeps a hold not known committed."""
     async with asyncio.timeout(60):
