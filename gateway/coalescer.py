@@ -277,7 +277,7 @@ class Coalescer:
         raw = payload.decode()
         pref = list(self.warehouses.order(self.strategy, order.ship_to.region if order.ship_to else None))
         lines = {p: [[order.items[j].sku, order.items[j].qty, pref] for j in parts[p]] for p in others}  # one pref list
-        held: dict[str, tuple[str, bool]] = {}  # partition -> (allocation, taken now)
+        held: dict[str, tuple[str, bool, int]] = {}  # partition -> (allocation, taken now, generation)
         result: Result | Exception | None = None
         # A fault (BackendDown) leaves the holds as they are: the primary may have the order
         # though its answer was lost, so only the sweep, asking the primary, gives them back.
@@ -294,7 +294,7 @@ class Coalescer:
                     raise reply
                 code = Hold(int(reply[0]))
                 if code is Hold.DONE:
-                    held[p] = (reply[1].decode(), bool(int(reply[2])))
+                    held[p] = (reply[1].decode(), bool(int(reply[2])), int(reply[3]))
                 elif code is Hold.STALE_WAREHOUSES:
                     stale = True
                 elif code is Hold.SHORT and await self._pull(order, parts[p][int(reply[1])], p, int(reply[2]), pulls):
@@ -317,13 +317,14 @@ class Coalescer:
         if result is None:
             result = await self._primary(order, payload, key_id, epoch, parts, primary, held, pulls)
         live = isinstance(result, tuple) and (result[0] == 201 or result[1]["status"] in spans.HOLDING)
-        fresh = [p for p, (_, new) in held.items() if new]
+        fresh = [p for p, (_, new, _) in held.items() if new]
         if not live and fresh and not isinstance(result, tuple | IdempotencyMismatch):
             # refused: the holds this attempt took go back, unless a concurrent attempt with the
             # same payload got the order with them (the primary has it: lua/abort.lua). The id
             # with another payload (whose parts, released by a cancel, this attempt took again)
             # keeps none of them.
-            live = bool(await self.scripts.call("abort", [keys.order(order.order_id, primary)], [spans.GIVE_BACK_S]))
+            live = bool(await self.scripts.call("abort", [keys.order(order.order_id, primary)],
+                                                [spans.GIVE_BACK_S, spans.given({p: held[p][2] for p in fresh})]))
         if live:  # the order holds them (a replay of a live order too)
             await self.scripts.call_many("hold", [spans.hold_call("commit", order.order_id, raw, p, lines[p])
                                                   for p in held])
@@ -334,12 +335,13 @@ class Coalescer:
         return result
 
     async def _primary(self, order: OrderIn, payload: bytes, key_id: str, epoch: int, parts: dict[str, list[int]],
-                       primary: str, held: dict[str, tuple[str, bool]], pulls: list[int]) -> Result | Exception:
+                       primary: str, held: dict[str, tuple[str, bool, int]], pulls: list[int]) -> Result | Exception:
         """Reserve the primary's lines with the holds' allocations for the others."""
         here = msgspec.structs.replace(order, items=[order.items[j] for j in parts[primary]])
-        remote = {str(j): group for p, (alloc, _) in held.items() for j, group in zip(parts[p], alloc.split(";"),
+        remote = {str(j): group for p, (alloc, _, _) in held.items() for j, group in zip(parts[p], alloc.split(";"),
                                                                                       strict=True)}
-        spec = {order.order_id: {"n": len(order.items), "l": parts[primary], "r": remote, "x": ",".join(held)}}
+        spec = {order.order_id: {"n": len(order.items), "l": parts[primary], "r": remote, "x": ",".join(held),
+                                 "g": {p: gen for p, (_, _, gen) in held.items()}}}
         homes = frozenset([order.order_id]) if self.layout.home(order.order_id) == primary else frozenset()
         for _ in range(3 + MAX_PULLS):
             ks, args = reserve_call([(here, payload, key_id)], self.warehouses, self.sales, self.strategy, self.ttl_ms,

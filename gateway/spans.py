@@ -6,7 +6,11 @@ their WAITAOFs with them), then reserves the primary's lines with the holds' all
 (lua/reserve.lua ``spans``), and commits the holds once the primary has the order. When a
 hold or the primary refuses, the holds this attempt took are given back (compensation), and
 the client sees one refusal; before that, the primary is asked (and tombstoned for a moment)
-so a concurrent attempt with the same payload that got the order keeps them.
+so a concurrent attempt with the same payload that got the order keeps them. A tombstone
+names the generation of each part given back: a reserve counting on that generation is
+refused, while a retry takes the part again as a newer one and goes through. (One that
+refused every attempt renewed itself on each and refused a client retrying within its
+life for good: seen after a failover.)
 
 A process that dies midway leaves holds taken and never committed. Each expirer pass
 ``sweep``\\ s them: past ``STALE_MS`` it asks the primary (lua/abort.lua) whether it has the
@@ -39,6 +43,11 @@ def parts_of(layout: keys.Partitions, skus: list[str], user_id: str) -> dict[str
     for j, sku in enumerate(skus):
         found.setdefault(layout.target([sku], user_id), []).append(j)
     return found
+
+
+def given(gens: dict[str, int]) -> str:
+    """lua/abort.lua's "tag=gen,...": the parts that go back, each with its generation."""
+    return ",".join(f"{p}={gen}" for p, gen in gens.items())
 
 
 def hold_call(step: str, order_id: str, payload: str, p: str, lines: list[list[Any]], *, arg: str = "",
@@ -78,12 +87,13 @@ async def sweep(scripts: Scripts, layout: keys.Partitions, p: str) -> int:
     done = 0
     for raw_id in await redis.zrangebyscore(keys.holds(p), "-inf", due):
         order_id = raw_id.decode()
-        payload, primary = await redis.hmget(keys.hold(order_id, p), "p", "m")
+        payload, primary, gen = await redis.hmget(keys.hold(order_id, p), "p", "m", "g")
         if payload is None:
             await redis.zrem(keys.holds(p), order_id)
             continue
         order = orjson.loads(payload)
-        kept = await scripts.call("abort", [keys.order(order_id, primary.decode())], [TOMBSTONE_S])
+        kept = await scripts.call("abort", [keys.order(order_id, primary.decode())],
+                                  [TOMBSTONE_S, given({p: int(gen or 0)})])
         status = await redis.hget(keys.order(order_id, primary.decode()), "s") if int(kept) else b"cancelled"
         await settle(scripts, layout, order_id, order, (status or b"cancelled").decode(), primary.decode())
         await redis.zrem(keys.holds(p), order_id)

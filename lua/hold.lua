@@ -12,9 +12,11 @@
 -- ARGV[7]  seconds the record lives    ARGV[8]  the restock channel
 --
 -- take: a new part (or one released before, whatever its payload) takes its lines' units, warehouse by warehouse
---   in preference order, all or nothing: {1, alloc, 1}; the part as taken before: {1, alloc, 0};
+--   in preference order, all or nothing: {1, alloc, 1, gen}; the part as taken before: {1, alloc, 0, gen};
 --   {3} the id with another payload; {4, line, missing} a line cannot be filled (nothing taken);
---   {-1} a stale warehouse version. A part taken is listed in KEYS[2] until committed.
+--   {-1} a stale warehouse version. A part taken is listed in KEYS[2] until committed. gen counts
+--   the takes of this part (1, 2, ...): a part given back and taken again is a new generation,
+--   which the primary's tombstone of the old one does not refuse (lua/abort.lua).
 -- commit: the primary has the order: the part leaves KEYS[2]. {1, 0}
 -- settle: the part follows the order's status once: released (stock back) when it is
 --   cancelled, or refunded before shipping; shipped (taken out of on hand, one
@@ -26,7 +28,7 @@ local hold_key, open_key, events_key = KEYS[1], KEYS[2], KEYS[5]
 local step, order_id, payload = ARGV[1], ARGV[2], ARGV[3]
 local lines = cjson.decode(ARGV[5])
 if redis.call('EXISTS', KEYS[3]) == 0 then return {-2} end
-local rec = redis.call('HMGET', hold_key, 'p', 'a', 's')
+local rec = redis.call('HMGET', hold_key, 'p', 'a', 's', 'g')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -55,7 +57,7 @@ end
 -- take (a part released before is taken again, for whatever payload: the primary decides)
 if rec[1] and rec[3] ~= 'released' then
   if rec[1] ~= payload then return {3} end
-  return {1, rec[2], 0}
+  return {1, rec[2], 0, tonumber(rec[4] or '0')}
 end
 if tonumber(redis.call('GET', KEYS[4]) or '0') ~= tonumber(ARGV[6]) then return {-1} end
 local plans = {}
@@ -87,6 +89,7 @@ for j, takes in ipairs(plans) do
 end
 local alloc = table.concat(groups, ';')
 local lives = tonumber(ARGV[7])
+local gen = redis.call('HINCRBY', hold_key, 'g', 1)
 redis.call('HSET', hold_key, 'p', payload, 'a', alloc, 's', 'held', 'm', ARGV[4])
 redis.call('EXPIRE', hold_key, lives)
 redis.call('ZADD', open_key, now, order_id)
@@ -95,4 +98,4 @@ for j = 1, #lines do
   redis.call('ZREMRANGEBYSCORE', holders_key, '-inf', now)
   redis.call('ZADD', holders_key, now + lives * 1000, order_id)
 end
-return {1, alloc, 1}
+return {1, alloc, 1, gen}

@@ -22,7 +22,8 @@
 --          unless the order's lines span partitions (gateway/spans.py): then the lines and
 --          their keys here are this partition's only, and spans is {n = the order's line count,
 --          l = [its index of each line here], r = {index: alloc held elsewhere}, x = "tags"
---          of the partitions holding them}; the record keeps x and the whole allocation.
+--          of the partitions holding them, g = {tag: generation of the part held there}};
+--          the record keeps x and the whole allocation.
 -- ARGV[3]  the warehouse version the preference lists were computed from
 -- ARGV[4]  the most entries the stream may hold (0: no limit); written entries are deleted,
 --          so its length is what PostgreSQL has yet to receive
@@ -37,8 +38,9 @@
 --   {3}                                        same order_id, other payload (409)
 --   {4, line_index, missing_qty}               a line cannot be filled; nothing was taken (409)
 --   {6, wait_ms}                               a rate limit refuses it (429); nothing taken
---   {7}                                        the order's parts elsewhere were given up by the
---                                              sweep moments ago (503: retry shortly)
+--   {7}                                        parts the order counts on elsewhere were given
+--                                              up moments ago (lua/abort.lua's tombstone,
+--                                              at their generation or a newer one: 503, retry)
 --   {5, code, a, b}                            the sale refuses it (409): sale_not_active,
 --                                              channel_not_allowed, sku_not_in_sale (a = line),
 --                                              limit_exceeded (a = units held, b = limit),
@@ -88,6 +90,15 @@ local limits = redis.call('HMGET', KEYS[6], 'orders:user', 'orders:key')
 local user_limit, key_limit = limit_of(limits[1]), limit_of(limits[2])
 
 -- nil when the order may go on (its tokens spent), else the {6, wait_ms} refusal
+-- Whether a tombstone z ("tag=gen,...", lua/abort.lua) gave up a part the order counts on:
+-- one of gens' (tag -> generation) at that generation or an older one.
+local function given_up(z, gens)
+  for tag, gen in string.gmatch(z, '([^,=]+)=(%d+)') do
+    if gens[tag] and gens[tag] <= tonumber(gen) then return true end
+  end
+  return false
+end
+
 local function rate_check(user_bucket, key_bucket, by_key)
   local wait_user, wait_key, user_tokens, key_tokens = 0, 0, nil, nil
   if user_limit then wait_user, user_tokens = bucket_wait(user_bucket, user_limit, now) end
@@ -176,8 +187,9 @@ for i = 1, #orders do
   k = first_holders + #lines
 
   local seen = redis.call('HMGET', order_key, 'p', 'a', 'c', 'u', 's', 'z')
+  local spans = o[10]
   local refusal, units, sale_ttl, sale_end = nil, 0, nil, nil
-  if not seen[1] and seen[6] then refusal = {7} end
+  if not seen[1] and seen[6] and spans and given_up(seen[6], spans.g) then refusal = {7} end
   if not seen[1] and not refusal and loc ~= '' then
     local at = redis.call('GET', locator_key)
     if at and at ~= loc then refusal = {3} end
@@ -212,7 +224,6 @@ for i = 1, #orders do
         end
         groups[j] = table.concat(parts, ',')
       end
-      local spans = o[10]
       if spans then  -- the whole allocation, this partition's groups among those held elsewhere
         local whole = {}
         for idx = 0, spans.n - 1 do whole[idx + 1] = spans.r[tostring(idx)] end
@@ -222,6 +233,7 @@ for i = 1, #orders do
       local alloc = table.concat(groups, ';')
       local until_ms = now + ttl_ms
       local c, u = string.format('%d', now), string.format('%d', until_ms)
+      if seen[6] then redis.call('HDEL', order_key, 'z') end  -- a tombstone of parts not counted on
       redis.call('HSET', order_key, 'p', payload, 'a', alloc, 'c', c, 'u', u,
         's', 'pending_payment', 'n', 1)
       if spans then redis.call('HSET', order_key, 'x', spans.x) end

@@ -341,11 +341,6 @@ class GatewayMachine(RuleBasedStateMachine):
         expected = self.refusals(spec)
         before = self.availability()
         status, answer = await self.request("POST", "/v1/orders", spec.body, spec.headers)
-        if status == 503 and spec.order_id in self.refused and self.spans(spec):
-            # a refusal across partitions leaves a 2 s tombstone at the primary (README, Orders
-            # across partitions): a retry inside it is told to come back, and nothing changed
-            assert answer["code"] == "backend_unavailable", answer
-            return
         if not expected:
             self.accept(spec, status, answer, before, self.planned(spec))
             return
