@@ -282,10 +282,12 @@ class Coalescer:
         # A fault (BackendDown) leaves the holds as they are: the primary may have the order
         # though its answer was lost, so only the sweep, asking the primary, gives them back.
         pulls = [0]  # units pulled into a short hot-SKU bucket (gateway/buckets.py), then again
+        anew: set[str] = set()  # released parts of a committed order whose record is gone: its id is free
         for _ in range(3 + MAX_PULLS):  # a stale warehouse version: reload and take again
             waiting = [p for p in others if p not in held]
             calls = [spans.hold_call("take", order.order_id, raw, p, lines[p], arg=primary,
-                                     version=self.warehouses.versions.get(p, -1), lives=self._lives(order))
+                                     version=self.warehouses.versions.get(p, -1), lives=self._lives(order),
+                                     anew=p in anew)
                      for p in waiting]
             stale = pulled = False
             for p, reply in zip(waiting, await self.scripts.call_many("hold", calls, wait_aof=self.wait_aof),
@@ -297,6 +299,12 @@ class Coalescer:
                     held[p] = (reply[1].decode(), bool(int(reply[2])), int(reply[3]))
                 elif code is Hold.STALE_WAREHOUSES:
                     stale = True
+                elif code is Hold.RELEASED:  # taken by nothing: a replay, or the id with another payload
+                    recorded = await self._recorded(order, payload, primary, epoch)
+                    if recorded is None:
+                        anew.add(p)
+                    elif result is None:
+                        result = recorded
                 elif code is Hold.SHORT and await self._pull(order, parts[p][int(reply[1])], p, int(reply[2]), pulls):
                     pulled = True
                 elif result is None:
@@ -305,7 +313,7 @@ class Coalescer:
                               if code is Hold.MISMATCH else
                               self._decode(order, payload, [Reserve.SHORT, parts[p][int(reply[1])], reply[2]], epoch,
                                            pulls[0] < MAX_PULLS))
-            if not (stale or pulled) or result is not None:
+            if not (stale or pulled or anew - held.keys()) or result is not None:
                 break
             if stale:
                 await self.warehouses.load()
@@ -321,8 +329,7 @@ class Coalescer:
         if not live and fresh and not isinstance(result, tuple | IdempotencyMismatch):
             # refused: the holds this attempt took go back, unless a concurrent attempt with the
             # same payload got the order with them (the primary has it: lua/abort.lua). The id
-            # with another payload (whose parts, released by a cancel, this attempt took again)
-            # keeps none of them.
+            # with another payload keeps none of them.
             live = bool(await self.scripts.call("abort", [keys.order(order.order_id, primary)],
                                                 [spans.GIVE_BACK_S, spans.given({p: held[p][2] for p in fresh})]))
         if live:  # the order holds them (a replay of a live order too)
@@ -331,7 +338,7 @@ class Coalescer:
             return result
         if fresh:  # refused, or a replay of an order that no longer holds stock: give back this attempt's
             await self.scripts.call_many("hold", [spans.hold_call("settle", order.order_id, raw, p, lines[p],
-                                                                  arg="cancelled") for p in fresh])
+                                                                  arg=spans.GIVEN_BACK) for p in fresh])
         return result
 
     async def _primary(self, order: OrderIn, payload: bytes, key_id: str, epoch: int, parts: dict[str, list[int]],

@@ -35,6 +35,7 @@ STALE_MS = 5000  # holds not committed after this lost their process (or it is v
 TOMBSTONE_S = 30  # how long the primary refuses an order id whose holds the sweep gave back
 GIVE_BACK_S = 2  # the same after a refusal: a concurrent attempt's reserve would be on its way already
 HOLDING = ("pending_payment", "paid")  # an order in these holds its parts' stock
+GIVEN_BACK = "given_back"  # hold.lua settle's status for a part whose order the primary does not have
 
 
 def parts_of(layout: keys.Partitions, skus: list[str], user_id: str) -> dict[str, list[int]]:
@@ -51,12 +52,13 @@ def given(gens: dict[str, int]) -> str:
 
 
 def hold_call(step: str, order_id: str, payload: str, p: str, lines: list[list[Any]], *, arg: str = "",
-              version: int = 0, lives: int = 0) -> tuple[list[str], list[Any]]:
+              version: int = 0, lives: int = 0, anew: bool = False) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one lua/hold.lua call in partition ``p``; ``lines`` are [sku, qty, prefs]."""
     ks = [keys.hold(order_id, p), keys.holds(p), keys.ready(p), keys.wh_version(p), keys.events(p)]
     ks += [keys.stock(line[0], p) for line in lines]
     ks += [keys.holders(line[0], p) for line in lines]
-    return ks, [step, order_id, payload, arg, orjson.dumps(lines).decode(), version, lives, keys.RESTOCK]
+    return ks, [step, order_id, payload, arg, orjson.dumps(lines).decode(), version, lives, keys.RESTOCK,
+                "anew" if anew else ""]
 
 
 def _lines(payload: dict[str, Any], idx: list[int]) -> list[list[Any]]:
@@ -94,8 +96,8 @@ async def sweep(scripts: Scripts, layout: keys.Partitions, p: str) -> int:
         order = orjson.loads(payload)
         kept = await scripts.call("abort", [keys.order(order_id, primary.decode())],
                                   [TOMBSTONE_S, given({p: int(gen or 0)})])
-        status = await redis.hget(keys.order(order_id, primary.decode()), "s") if int(kept) else b"cancelled"
-        await settle(scripts, layout, order_id, order, (status or b"cancelled").decode(), primary.decode())
+        status = await redis.hget(keys.order(order_id, primary.decode()), "s") if int(kept) else None
+        await settle(scripts, layout, order_id, order, status.decode() if status else GIVEN_BACK, primary.decode())
         await redis.zrem(keys.holds(p), order_id)
         done += 1
     for raw_id in await redis.zrangebyscore(keys.remote(p), "-inf", due):

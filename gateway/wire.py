@@ -34,6 +34,7 @@ class Hold(IntEnum):
     DONE = 1
     MISMATCH = 3
     SHORT = 4
+    RELEASED = 5  # a committed order's part, released: the primary's record answers
 
 
 class Transition(IntEnum):

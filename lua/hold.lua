@@ -6,21 +6,28 @@
 -- KEYS[6..] one stock hash per line of this part, then one holders zset per line
 -- ARGV[1]  step: take | commit | settle
 -- ARGV[2]  order id     ARGV[3]  the order's payload (equal payloads: the same order)
--- ARGV[4]  the order's primary partition (take); the order's status (settle)
+-- ARGV[4]  the order's primary partition (take); the order's status, or "given_back" for a
+--          part whose order the primary does not have (settle)
 -- ARGV[5]  JSON [[sku, qty, [wh, ...]], ...]: this part's lines with their preference lists
 -- ARGV[6]  the warehouse version the lists were computed from (take)
 -- ARGV[7]  seconds the record lives    ARGV[8]  the restock channel
+-- ARGV[9]  "anew" (take): take a released part of a committed order again, its order's record
+--          at the primary being gone
 --
 -- take: a new part (or one released before, whatever its payload) takes its lines' units, warehouse by warehouse
 --   in preference order, all or nothing: {1, alloc, 1, gen}; the part as taken before: {1, alloc, 0, gen};
 --   {3} the id with another payload; {4, line, missing} a line cannot be filled (nothing taken);
 --   {-1} a stale warehouse version. A part taken is listed in KEYS[2] until committed. gen counts
 --   the takes of this part (1, 2, ...): a part given back and taken again is a new generation,
---   which the primary's tombstone of the old one does not refuse (lua/abort.lua).
--- commit: the primary has the order: the part leaves KEYS[2]. {1, 0}
+--   which the primary's tombstone of the old one does not refuse (lua/abort.lua). A part
+--   of a committed order that was released (the order cancelled, expired or refunded) is
+--   not taken again but answers {5, gen}: the primary's record of the order answers a
+--   replay, and only a record gone frees the id for a take "anew".
+-- commit: the primary has the order: the part leaves KEYS[2], marked committed. {1, 0}
 -- settle: the part follows the order's status once: released (stock back) when it is
---   cancelled, or refunded before shipping; shipped (taken out of on hand, one
+--   cancelled, or refunded before shipping, or given back; shipped (taken out of on hand, one
 --   inventory.moved entry per warehouse) when shipped or completed. {1, 1} changed, {1, 0} not.
+--   Any status but "given_back" marks the part committed: its order exists.
 -- Every step answers {-2} and does nothing while the ready marker is missing.
 -- alloc is "wh=qty,...;..." with one group per line of this part, in line order.
 
@@ -28,20 +35,23 @@ local hold_key, open_key, events_key = KEYS[1], KEYS[2], KEYS[5]
 local step, order_id, payload = ARGV[1], ARGV[2], ARGV[3]
 local lines = cjson.decode(ARGV[5])
 if redis.call('EXISTS', KEYS[3]) == 0 then return {-2} end
-local rec = redis.call('HMGET', hold_key, 'p', 'a', 's', 'g')
+local rec = redis.call('HMGET', hold_key, 'p', 'a', 's', 'g', 'k')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 if step == 'commit' then
+  if rec[1] then redis.call('HSET', hold_key, 'k', '1') end
   redis.call('ZREM', open_key, order_id)
   return {1, 0}
 end
 
 if step == 'settle' then
   local status = ARGV[4]
+  if rec[1] and status ~= 'given_back' then redis.call('HSET', hold_key, 'k', '1') end
   if rec[3] ~= 'held' then return {1, 0} end
   local effect
-  if status == 'cancelled' or status == 'refunding' or status == 'refunded' then effect = 'release'
+  if status == 'cancelled' or status == 'refunding' or status == 'refunded' or status == 'given_back' then
+    effect = 'release'
   elseif status == 'shipped' or status == 'completed' then effect = 'ship'
   else return {1, 0} end
   local j = 0
@@ -54,11 +64,12 @@ if step == 'settle' then
   return {1, 1}
 end
 
--- take (a part released before is taken again, for whatever payload: the primary decides)
+-- take (a part given back before is taken again, for whatever payload: the primary decides)
 if rec[1] and rec[3] ~= 'released' then
   if rec[1] ~= payload then return {3} end
   return {1, rec[2], 0, tonumber(rec[4] or '0')}
 end
+if rec[5] == '1' and ARGV[9] ~= 'anew' then return {5, tonumber(rec[4] or '0')} end
 if tonumber(redis.call('GET', KEYS[4]) or '0') ~= tonumber(ARGV[6]) then return {-1} end
 local plans = {}
 for j, line in ipairs(lines) do
@@ -90,7 +101,7 @@ end
 local alloc = table.concat(groups, ';')
 local lives = tonumber(ARGV[7])
 local gen = redis.call('HINCRBY', hold_key, 'g', 1)
-redis.call('HSET', hold_key, 'p', payload, 'a', alloc, 's', 'held', 'm', ARGV[4])
+redis.call('HSET', hold_key, 'p', payload, 'a', alloc, 's', 'held', 'm', ARGV[4], 'k', '0')
 redis.call('EXPIRE', hold_key, lives)
 redis.call('ZADD', open_key, now, order_id)
 for j = 1, #lines do

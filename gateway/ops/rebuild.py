@@ -255,7 +255,7 @@ async def _orders(
         for q, idx in list(parts.items())[1:]:  # hold.lua's record of each part elsewhere
             hold = keys.hold(r["order_id"], q)
             alloc = ";".join(",".join(f"{wh}={qty}" for wh, qty in groups[j]) for j in idx)
-            out.pipe.hset(hold, mapping={"p": record["p"], "a": alloc, "s": state, "m": p})
+            out.pipe.hset(hold, mapping={"p": record["p"], "a": alloc, "s": state, "m": p, "k": "1"})
             out.pipe.expire(hold, ttl)
         for j, item in enumerate(items):  # reserve.lua and hold.lua: the SKU's holders
             out.pipe.zadd(keys.holders(item.sku, where[j]), {r["order_id"]: now_ms + ttl * 1000})
