@@ -133,6 +133,23 @@ async def test_a_replay_of_a_cancelled_order_is_answered_though_its_held_stock_s
     assert await levels(gw, A, B) == [(5, 0), (0, 1)]
 
 
+async def test_an_id_whose_cancelled_order_record_is_gone_takes_its_released_part_anew(make_gateway, redis):
+    """The primary's record lives OMS_RECORD_TTL after a cancel, its hold elsewhere may live
+    longer: once the record is gone the id is free, and a new order takes that part again."""
+    gw = await span_gateway(make_gateway)
+    await gw.set_stock(A, {"W1": 5})
+    await gw.set_stock(B, {"W1": 5})
+    assert (await buy(gw, "g-1", [(A, 1), (B, 1)])).status == 201
+    cancelled = await gw.client.post("/v1/orders/g-1/cancel", json={"reason": "customer"}, headers=auth("k-ops"))
+    assert cancelled.status == 200, await cancelled.text()
+    await gw.caught_up()
+    await gw.expire_record("g-1")
+    again = await buy(gw, "g-1", [(A, 1), (B, 2)], user="u-2")
+    assert again.status == 201, await again.text()
+    assert await redis.hmget(keys.hold("g-1", LAYOUT.of_sku(B)), "s", "g", "k") == [b"held", b"2", b"1"]
+    assert await levels(gw, A, B) == [(4, 1), (3, 2)]
+
+
 async def test_holds_a_dead_process_left_are_given_back_and_its_late_primary_is_refused(make_gateway, redis):
     gw = await span_gateway(make_gateway)
     scripts = gw.app[K.SCRIPTS]
