@@ -169,15 +169,15 @@ def markdown(results: dict[str, Any], source: str = "bench/results/latest.json")
         f"{_measured(results)}. Do not edit it: run `make bench` and regenerate it.",
         *_defaults_note(results),
         "",
-        "## What it assumes that is not built yet",
+        "## Where the model and the gateway part",
         "",
-        "The model multiplies per-primary and per-writer figures across many of them. Today that "
-        "does not hold:",
+        "The model multiplies per-primary and per-writer figures across many of them. Two of them do not "
+        "add up that way today, and one order shape is left out:",
         "",
         "- **Orders across partitions.** `OMS_PARTITIONS` spreads SKU groups, their orders and streams over "
         "the primaries, and `OMS_HOT_SKUS` one SKU's stock over buckets. An order whose lines are in several "
-        "partitions costs a script call in each, plus its commit; the bench's orders fit one partition, and "
-        "so does the model.",
+        "partitions is taken part by part (README, Orders across partitions): a script call in each, plus "
+        "its commit. The bench's orders fit one partition, and so does the model.",
         "- **Streams and writers per partition.** Each partition has its stream and its writer, but every "
         "writer transaction takes one advisory lock for the one audit hash chain (`gateway/writer.py`, "
         "`EVENTS_LOCK`): writers beyond the first run one at a time. The writer count below is what "
