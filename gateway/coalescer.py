@@ -337,8 +337,11 @@ class Coalescer:
                                                   for p in held])
             return result
         if fresh:  # refused, or a replay of an order that no longer holds stock: give back this attempt's
+            # ("cancelled" for a replay: released, and marked as a part of an order that exists,
+            # so the next replay takes nothing; its own hold record had lapsed before the order's)
+            given_as = "cancelled" if isinstance(result, tuple) else spans.GIVEN_BACK
             await self.scripts.call_many("hold", [spans.hold_call("settle", order.order_id, raw, p, lines[p],
-                                                                  arg=spans.GIVEN_BACK) for p in fresh])
+                                                                  arg=given_as) for p in fresh])
         return result
 
     async def _primary(self, order: OrderIn, payload: bytes, key_id: str, epoch: int, parts: dict[str, list[int]],

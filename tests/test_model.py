@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
@@ -336,8 +337,30 @@ class GatewayMachine(RuleBasedStateMachine):
 
     # --- submits and replays -----------------------------------------------------------------
 
+    async def memory_caught_up(self) -> None:
+        """Wait until the gateway's sold-out memory keeps no SKU the model sees units of.
+
+        Units that came back (a cancel, an expiry, a restock, a hold given back) publish the
+        SKU, and the memory forgets it when the message arrives (gateway/soldout.py). On a
+        cluster the message crosses the cluster bus to the subscriber's node, a moment after
+        the answer that gave the units back; an order sent in that moment may be refused from
+        the memory. A flag also lapses by itself after its ttl, which no message marks, hence
+        the short waits."""
+        memory = self.gw.app[K.COALESCER].soldout
+
+        def stale() -> list[str]:
+            return [sku for sku in self.skus.values()
+                    if memory.remembers(sku) and sum(self.available(sku, wh) for wh in WAREHOUSES)]
+
+        async with asyncio.timeout(5):
+            while stale():
+                memory.forgot.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(memory.forgot.wait(), 0.1)
+
     async def submit(self, spec: Spec) -> None:
         """One submit alone: the model predicts the answer exactly, allocation included."""
+        await self.memory_caught_up()
         expected = self.refusals(spec)
         before = self.availability()
         status, answer = await self.request("POST", "/v1/orders", spec.body, spec.headers)
@@ -395,6 +418,7 @@ class GatewayMachine(RuleBasedStateMachine):
         specs = [self.spec(user, [(sku, qty)], sale=sale and sku in SALE_SKUS, priced=False, via="user")
                  for user, qty, sale in buyers]
         sends = specs + ([specs[0]] if duplicate else []) + ([replay.spec] if replay else [])
+        await self.memory_caught_up()
         before = self.availability()
         answers = await asyncio.gather(*(self.request("POST", "/v1/orders", s.body, s.headers) for s in sends))
         if replay:

@@ -150,6 +150,26 @@ async def test_an_id_whose_cancelled_order_record_is_gone_takes_its_released_par
     assert await levels(gw, A, B) == [(4, 1), (3, 2)]
 
 
+async def test_a_replay_after_its_hold_record_lapsed_takes_the_part_once(make_gateway, redis):
+    """A cancel sets the order's record to live OMS_RECORD_TTL from then, so it may outlive its
+    hold record elsewhere. The first replay after that takes the part and gives it back; it
+    leaves it marked as a part of an order that exists, so later replays take nothing."""
+    gw = await span_gateway(make_gateway)
+    await gw.set_stock(A, {"W1": 5})
+    await gw.set_stock(B, {"W1": 5})
+    lines = [(A, 1), (B, 1)]
+    assert (await buy(gw, "h-1", lines)).status == 201
+    cancelled = await gw.client.post("/v1/orders/h-1/cancel", json={"reason": "customer"}, headers=auth("k-ops"))
+    assert cancelled.status == 200, await cancelled.text()
+    hold = keys.hold("h-1", LAYOUT.of_sku(B))
+    await redis.delete(hold)  # as its TTL would
+    for _ in range(3):
+        replay = await buy(gw, "h-1", lines)
+        assert replay.status == 200 and (await replay.json())["status"] == "cancelled", await replay.text()
+    assert await redis.hmget(hold, "s", "g", "k") == [b"released", b"1", b"1"]  # taken once, by the first
+    assert await levels(gw, A, B) == [(5, 0), (5, 0)]
+
+
 async def test_holds_a_dead_process_left_are_given_back_and_its_late_primary_is_refused(make_gateway, redis):
     gw = await span_gateway(make_gateway)
     scripts = gw.app[K.SCRIPTS]
