@@ -15,7 +15,7 @@ CLUSTER_WORKERS ?= 2  # each starts a 3-node cluster: 3 processes took 100 s aga
 # run a second time on a 3-primary Valkey Cluster (OMS_TEST_CLUSTER=1) with the stock over
 # 3 partitions (OMS_TEST_PARTITIONS=3): one suite, two backends
 CLUSTER_TESTS := tests/test_partitioned.py tests/test_buckets.py tests/test_spans.py tests/test_flash_sale.py tests/test_idempotency.py tests/test_allocation_split.py tests/test_sales.py \
-	tests/test_lifecycle.py tests/test_expiry.py tests/test_rebuild.py tests/test_soldout.py
+	tests/test_lifecycle.py tests/test_expiry.py tests/test_rebuild.py tests/test_soldout.py tests/test_model.py
 SOAK_ARGS ?= --seed 1 --faults 20 --orders 100000
 # The console (console/, Vue + Vite): built into console/dist, which the gateway serves at /console.
 NPM := $(shell command -v npm 2>/dev/null)
