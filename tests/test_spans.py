@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 
 import orjson
@@ -198,6 +199,42 @@ async def test_holds_a_dead_process_left_are_given_back_and_its_late_primary_is_
         assert retry.status in (200, 201), await retry.text()
     assert await levels(gw, A, B) == [(4, 1), (3, 2)]
     assert await redis.hget(keys.hold("dead-1", q), "g") == b"2"
+
+
+async def test_two_processes_expire_and_sweep_at_once_and_every_unit_comes_back_once(make_gateway, redis, pg):
+    """Two gateways stand for two hosts. Both expire the same orders at once, and both sweep
+    the same hold a dead process left. Each order expires once (one order.cancelled event),
+    each unit comes back once, and nothing stays held."""
+    gws = [await span_gateway(make_gateway, reservation_ttl=1) for _ in range(2)]
+    for sku in (A, B, C):
+        await gws[0].set_stock(sku, {"W1": 20})
+    until = 0.0
+    for n in range(8):
+        resp = await buy(gws[n % 2], f"x-{n}", [(A, 1), (B, 1), (C, 1)], user=f"u-{n}")
+        assert resp.status == 201, await resp.text()
+        until = max(until, dt.datetime.fromisoformat((await resp.json())["reserved_until"]).timestamp())
+    q = LAYOUT.of_sku(B)
+    raw = encode(decode_order(orjson.dumps(order_body("dead-2", "u-9", [{"sku": A, "qty": 1},
+                                                                         {"sku": B, "qty": 3}])))).decode()
+    ks, args = spans.hold_call("take", "dead-2", raw, q, [[B, 3, ["W1"]]], arg=LAYOUT.of_sku(A),
+                               version=gws[0].app[K.WAREHOUSES].versions[q], lives=3600)
+    assert (await gws[0].app[K.SCRIPTS].call("hold", ks, args))[0] == 1  # then its process died
+    await redis.zadd(keys.holds(q), {"dead-2": int(time.time() * 1000) - spans.STALE_MS - 1})
+    assert await levels(gws[0], A, B, C) == [(12, 8), (9, 11), (12, 8)]
+    await asyncio.sleep(max(0.0, until - time.time() + 0.05))  # expiry is about time passing
+    await asyncio.gather(*(gw.app[K.EXPIRER].expire_due() for gw in gws),
+                         *(spans.sweep(gw.app[K.SCRIPTS], LAYOUT, q) for gw in gws))
+    await asyncio.gather(*(gw.app[K.EXPIRER].wait_pass() for gw in gws))
+    assert await levels(gws[0], A, B, C) == [(20, 0)] * 3
+    for p in LAYOUT.all():
+        assert await redis.zcard(keys.holds(p)) == 0 and await redis.zcard(keys.remote(p)) == 0
+    await asyncio.gather(*(gw.caught_up() for gw in gws))
+    events = await pg.fetch("SELECT order_id, count(*) AS n FROM order_events WHERE type = 'order.cancelled' "
+                            "GROUP BY order_id")
+    assert {r["order_id"]: r["n"] for r in events} == {f"x-{n}": 1 for n in range(8)}
+    rows = await pg.fetch("SELECT status, cancel_reason FROM orders WHERE order_id LIKE 'x-%'")
+    assert [tuple(r) for r in rows] == [("cancelled", "expired")] * 8
+    assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
 
 
 async def test_a_committed_order_keeps_its_holds_and_a_lost_status_is_caught_up(make_gateway, redis, pg):
