@@ -331,7 +331,7 @@ class Coalescer:
             # same payload got the order with them (the primary has it: lua/abort.lua). The id
             # with another payload keeps none of them.
             live = bool(await self.scripts.call("abort", [keys.order(order.order_id, primary)],
-                                                [spans.GIVE_BACK_S, spans.given({p: held[p][2] for p in fresh})]))
+                                                [spans.GIVE_BACK_S, spans.given({p: held[p][2] for p in fresh}), raw]))
         if live:  # the order holds them (a replay of a live order too)
             await self.scripts.call_many("hold", [spans.hold_call("commit", order.order_id, raw, p, lines[p])
                                                   for p in held])

@@ -66,12 +66,13 @@ def _lines(payload: dict[str, Any], idx: list[int]) -> list[list[Any]]:
 
 
 async def settle(scripts: Scripts, layout: keys.Partitions, order_id: str, payload: dict[str, Any],
-                 status: str, primary: str) -> None:
-    """Let every hold of the order follow its ``status``, then take it off the primary's list."""
+                 status: str, primary: str, *, only: tuple[str, str] | None = None) -> None:
+    """Let every hold of the order follow its ``status``, then take it off the primary's list.
+    ``only``: (partition, the payload as its hold keeps it), the one hold to settle."""
     parts = parts_of(layout, [item["sku"] for item in payload["items"]], payload["user_id"])
-    raw = orjson.dumps(payload).decode()
+    raw = only[1] if only else orjson.dumps(payload).decode()
     calls = [hold_call("settle", order_id, raw, p, _lines(payload, idx), arg=status)
-             for p, idx in parts.items() if p != primary]
+             for p, idx in parts.items() if p != primary and (only is None or p == only[0])]
     for reply in await scripts.call_many("hold", calls) if calls else []:
         if isinstance(reply, Exception):
             raise reply
@@ -93,11 +94,13 @@ async def sweep(scripts: Scripts, layout: keys.Partitions, p: str) -> int:
         if payload is None:
             await redis.zrem(keys.holds(p), order_id)
             continue
-        order = orjson.loads(payload)
-        kept = await scripts.call("abort", [keys.order(order_id, primary.decode())],
-                                  [TOMBSTONE_S, given({p: int(gen or 0)})])
-        status = await redis.hget(keys.order(order_id, primary.decode()), "s") if int(kept) else None
-        await settle(scripts, layout, order_id, order, status.decode() if status else GIVEN_BACK, primary.decode())
+        order, home = orjson.loads(payload), primary.decode()
+        kept = await scripts.call("abort", [keys.order(order_id, home)], [TOMBSTONE_S, given({p: int(gen or 0)}), payload])
+        if int(kept):  # the order, with this payload: every part follows its status
+            status = await redis.hget(keys.order(order_id, home), "s")
+            await settle(scripts, layout, order_id, order, (status or b"cancelled").decode(), home)
+        else:  # no order of this payload: this part goes back (another partition's sweep finds its own)
+            await settle(scripts, layout, order_id, order, GIVEN_BACK, home, only=(p, payload.decode()))
         await redis.zrem(keys.holds(p), order_id)
         done += 1
     for raw_id in await redis.zrangebyscore(keys.remote(p), "-inf", due):

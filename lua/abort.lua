@@ -6,13 +6,17 @@
 -- ARGV[1]  seconds a tombstone lives
 -- ARGV[2]  "tag=gen,...": each partition whose part goes back, with that part's generation
 --          (lua/hold.lua take)
+-- ARGV[3]  the payload the parts were taken for
 --
--- Returns 1 when the primary holds the order (its parts stay), else 0 after leaving a
+-- Returns 1 when the primary holds the order with that payload (its parts stay). It
+-- returns 0 when the primary holds the id with another payload: those parts are no part of
+-- it, and its record is left as it is. Otherwise it returns 0 after leaving a
 -- tombstone there: field z, "tag=gen,..." with the highest generation given back per
 -- partition. A reserve still on its way that counts on a part of such a generation, or an
 -- older one, is refused with 503 instead of accepting an order whose parts go back; a
 -- retry takes its parts again, as a newer generation, and is not refused (lua/reserve.lua).
-if redis.call('HEXISTS', KEYS[1], 'p') == 1 then return 1 end
+local seen = redis.call('HGET', KEYS[1], 'p')
+if seen then return seen == ARGV[3] and 1 or 0 end
 local given = {}
 for tag, gen in string.gmatch((redis.call('HGET', KEYS[1], 'z') or '') .. ',' .. ARGV[2], '([^,=]+)=(%d+)') do
   given[tag] = math.max(given[tag] or 0, tonumber(gen))

@@ -27,7 +27,8 @@
 -- settle: the part follows the order's status once: released (stock back) when it is
 --   cancelled, or refunded before shipping, or given back; shipped (taken out of on hand, one
 --   inventory.moved entry per warehouse) when shipped or completed. {1, 1} changed, {1, 0} not.
---   Any status but "given_back" marks the part committed: its order exists.
+--   Any status but "given_back" marks the part committed: its order exists. "given_back"
+--   touches only a part taken for this very payload.
 -- Every step answers {-2} and does nothing while the ready marker is missing.
 -- alloc is "wh=qty,...;..." with one group per line of this part, in line order.
 
@@ -48,7 +49,7 @@ end
 if step == 'settle' then
   local status = ARGV[4]
   if rec[1] and status ~= 'given_back' then redis.call('HSET', hold_key, 'k', '1') end
-  if rec[3] ~= 'held' then return {1, 0} end
+  if rec[3] ~= 'held' or (status == 'given_back' and rec[1] ~= payload) then return {1, 0} end
   local effect
   if status == 'cancelled' or status == 'refunding' or status == 'refunded' or status == 'given_back' then
     effect = 'release'

@@ -237,6 +237,30 @@ async def test_two_processes_expire_and_sweep_at_once_and_every_unit_comes_back_
     assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
 
 
+async def test_a_dead_attempt_with_another_payload_gives_back_only_its_own_hold(make_gateway, redis):
+    """The primary holds the id with a first payload; a process that died took a hold for the
+    same id with another payload. The sweep gives that hold back (it used to keep it for
+    good, since the primary had an order), and leaves the order, its record's life and its
+    own hold alone."""
+    gw = await span_gateway(make_gateway)
+    for sku in (A, B, C):
+        await gw.set_stock(sku, {"W1": 5})
+    assert (await buy(gw, "w-1", [(A, 1), (B, 1)])).status == 201
+    ttl = await redis.ttl(await gw.order_key("w-1"))
+    q = LAYOUT.of_sku(C)
+    raw = encode(decode_order(orjson.dumps(order_body("w-1", "u-1", [{"sku": A, "qty": 1},
+                                                                      {"sku": C, "qty": 2}])))).decode()
+    ks, args = spans.hold_call("take", "w-1", raw, q, [[C, 2, ["W1"]]], arg=LAYOUT.of_sku(A),
+                               version=gw.app[K.WAREHOUSES].versions[q], lives=3600)
+    assert (await gw.app[K.SCRIPTS].call("hold", ks, args))[0] == 1  # then its process died
+    await redis.zadd(keys.holds(q), {"w-1": int(time.time() * 1000) - spans.STALE_MS - 1})
+    assert await spans.sweep(gw.app[K.SCRIPTS], LAYOUT, q) == 1
+    assert await levels(gw, A, B, C) == [(4, 1), (4, 1), (5, 0)]
+    assert await redis.ttl(await gw.order_key("w-1")) >= ttl - 5  # no tombstone's 30 s
+    assert await redis.hget(keys.hold("w-1", LAYOUT.of_sku(B)), "s") == b"held"
+    assert (await buy(gw, "w-1", [(A, 1), (B, 1)])).status == 200
+
+
 async def test_a_committed_order_keeps_its_holds_and_a_lost_status_is_caught_up(make_gateway, redis, pg):
     gw = await span_gateway(make_gateway)
     scripts = gw.app[K.SCRIPTS]
