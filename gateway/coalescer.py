@@ -341,7 +341,8 @@ class Coalescer:
             # so the next replay takes nothing; its own hold record had lapsed before the order's)
             given_as = "cancelled" if isinstance(result, tuple) else spans.GIVEN_BACK
             await self.scripts.call_many("hold", [spans.hold_call("settle", order.order_id, raw, p, lines[p],
-                                                                  arg=given_as) for p in fresh])
+                                                                  arg=given_as, lives=self.record_ttl)
+                                                  for p in fresh])
         return result
 
     async def _primary(self, order: OrderIn, payload: bytes, key_id: str, epoch: int, parts: dict[str, list[int]],

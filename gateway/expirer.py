@@ -64,7 +64,7 @@ class Expirer:
                     for p in self.layout.all():
                         if self.layout.hot:
                             await buckets.recover(self.scripts, p)
-                        await spans.sweep(self.scripts, self.layout, p)
+                        await spans.sweep(self.scripts, self.layout, p, lives=self.record_ttl)
             except Exception as exc:
                 log_retry(log, exc, "expirer pass failed; retrying")
             async with self._pass:
@@ -107,5 +107,6 @@ class Expirer:
                 self.expired += changed
                 if changed and self.layout.count > 1 and len(spans.parts_of(
                         self.layout, [item["sku"] for item in payload["items"]], payload["user_id"])) > 1:
-                    await spans.settle(self.scripts, self.layout, order_id, payload, "cancelled", p)
+                    await spans.settle(self.scripts, self.layout, order_id, payload, "cancelled", p,
+                                       lives=self.record_ttl)
         return len(due)

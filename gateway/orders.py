@@ -195,12 +195,12 @@ async def change(
         status, changed = check_reply(await scripts.call("transition", ks, args), action)
     except ReservationExpired:  # expired on the spot by a late payment: its holds follow now
         if len(parts) > 1:
-            await spans.settle(scripts, layout, order_id, payload, "cancelled", p)
+            await spans.settle(scripts, layout, order_id, payload, "cancelled", p, lives=record_ttl)
         raise
     if changed:
         TRANSITIONS.add(status)
         if len(parts) > 1:  # its holds elsewhere follow (the sweep does, should this process die)
-            await spans.settle(scripts, layout, order_id, payload, status, p)
+            await spans.settle(scripts, layout, order_id, payload, status, p, lives=record_ttl)
     order = await load_order(redis, pool, order_id, layout)
     assert order is not None
     return order

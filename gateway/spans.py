@@ -66,12 +66,14 @@ def _lines(payload: dict[str, Any], idx: list[int]) -> list[list[Any]]:
 
 
 async def settle(scripts: Scripts, layout: keys.Partitions, order_id: str, payload: dict[str, Any],
-                 status: str, primary: str, *, only: tuple[str, str] | None = None) -> None:
+                 status: str, primary: str, *, lives: int, only: tuple[str, str] | None = None) -> None:
     """Let every hold of the order follow its ``status``, then take it off the primary's list.
-    ``only``: (partition, the payload as its hold keeps it), the one hold to settle."""
+    ``lives``: seconds a part's record lives once released or shipped, as the order's record
+    (OMS_IDEMPOTENCY_TTL); ``only``: (partition, the payload as its hold keeps it), the one
+    hold to settle."""
     parts = parts_of(layout, [item["sku"] for item in payload["items"]], payload["user_id"])
     raw = only[1] if only else orjson.dumps(payload).decode()
-    calls = [hold_call("settle", order_id, raw, p, _lines(payload, idx), arg=status)
+    calls = [hold_call("settle", order_id, raw, p, _lines(payload, idx), arg=status, lives=lives)
              for p, idx in parts.items() if p != primary and (only is None or p == only[0])]
     for reply in await scripts.call_many("hold", calls) if calls else []:
         if isinstance(reply, Exception):
@@ -81,7 +83,7 @@ async def settle(scripts: Scripts, layout: keys.Partitions, order_id: str, paylo
     await scripts.redis.zrem(keys.remote(primary), order_id)
 
 
-async def sweep(scripts: Scripts, layout: keys.Partitions, p: str) -> int:
+async def sweep(scripts: Scripts, layout: keys.Partitions, p: str, *, lives: int) -> int:
     """Finish what dead processes left in partition ``p``: holds never committed, and orders
     whose holds were not told their status; returns how many orders it settled."""
     redis = scripts.redis
@@ -98,9 +100,9 @@ async def sweep(scripts: Scripts, layout: keys.Partitions, p: str) -> int:
         kept = await scripts.call("abort", [keys.order(order_id, home)], [TOMBSTONE_S, given({p: int(gen or 0)}), payload])
         if int(kept):  # the order, with this payload: every part follows its status
             status = await redis.hget(keys.order(order_id, home), "s")
-            await settle(scripts, layout, order_id, order, (status or b"cancelled").decode(), home)
+            await settle(scripts, layout, order_id, order, (status or b"cancelled").decode(), home, lives=lives)
         else:  # no order of this payload: this part goes back (another partition's sweep finds its own)
-            await settle(scripts, layout, order_id, order, GIVEN_BACK, home, only=(p, payload.decode()))
+            await settle(scripts, layout, order_id, order, GIVEN_BACK, home, lives=lives, only=(p, payload.decode()))
         await redis.zrem(keys.holds(p), order_id)
         done += 1
     for raw_id in await redis.zrangebyscore(keys.remote(p), "-inf", due):
@@ -109,7 +111,7 @@ async def sweep(scripts: Scripts, layout: keys.Partitions, p: str) -> int:
         if payload is None:
             await redis.zrem(keys.remote(p), order_id)
             continue
-        await settle(scripts, layout, order_id, orjson.loads(payload), status.decode(), p)
+        await settle(scripts, layout, order_id, orjson.loads(payload), status.decode(), p, lives=lives)
         done += 1
     return done
 

@@ -10,7 +10,8 @@
 --          part whose order the primary does not have (settle)
 -- ARGV[5]  JSON [[sku, qty, [wh, ...]], ...]: this part's lines with their preference lists
 -- ARGV[6]  the warehouse version the lists were computed from (take)
--- ARGV[7]  seconds the record lives    ARGV[8]  the restock channel
+-- ARGV[7]  seconds the order's record lives (take: the holders' scores); seconds this record
+--          lives once released or shipped (settle)    ARGV[8]  the restock channel
 -- ARGV[9]  "anew" (take): take a released part of a committed order again, its order's record
 --          at the primary being gone
 --
@@ -29,6 +30,9 @@
 --   inventory.moved entry per warehouse) when shipped or completed. {1, 1} changed, {1, 0} not.
 --   Any status but "given_back" marks the part committed: its order exists. "given_back"
 --   touches only a part taken for this very payload.
+-- A part's record lives as long as it holds units, as they do: no TTL while held, however
+-- long its order waits to ship (the order's own record may lapse and be made again from
+-- PostgreSQL), then ARGV[7] seconds once released or shipped.
 -- Every step answers {-2} and does nothing while the ready marker is missing.
 -- alloc is "wh=qty,...;..." with one group per line of this part, in line order.
 
@@ -61,6 +65,7 @@ if step == 'settle' then
     line_effect(KEYS[5 + j], lines[j][1], group, effect, events_key, order_id, ARGV[8])
   end
   redis.call('HSET', hold_key, 's', effect == 'release' and 'released' or 'shipped')
+  redis.call('EXPIRE', hold_key, tonumber(ARGV[7]))
   redis.call('ZREM', open_key, order_id)
   return {1, 1}
 end
@@ -103,7 +108,7 @@ local alloc = table.concat(groups, ';')
 local lives = tonumber(ARGV[7])
 local gen = redis.call('HINCRBY', hold_key, 'g', 1)
 redis.call('HSET', hold_key, 'p', payload, 'a', alloc, 's', 'held', 'm', ARGV[4], 'k', '0')
-redis.call('EXPIRE', hold_key, lives)
+redis.call('PERSIST', hold_key)
 redis.call('ZADD', open_key, now, order_id)
 for j = 1, #lines do
   local holders_key = KEYS[5 + #lines + j]

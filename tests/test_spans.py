@@ -105,6 +105,31 @@ async def test_cancel_ship_and_expiry_move_every_part(make_gateway, pg, redis):
     assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
 
 
+async def test_a_part_held_days_is_there_when_its_order_ships_after_its_record_lapsed(make_gateway, redis, pg):
+    """Pay now, ship days later: the order's record lapses (OMS_IDEMPOTENCY_TTL after its last
+    change) and the ship makes it again from PostgreSQL. The hold elsewhere has no TTL while
+    it holds units, as its units have none, so its part ships too. (With the record's TTL,
+    it lapsed first, and the ship left that part's units reserved for good.)"""
+    gw = await span_gateway(make_gateway)
+    await gw.set_stock(A, {"W1": 5})
+    await gw.set_stock(B, {"W1": 5})
+    assert (await buy(gw, "d-1", [(A, 1), (B, 2)])).status == 201
+    paid = await gw.client.post("/v1/orders/d-1/payment", json={"payment_id": "p-d1", "amount": 0},
+                                headers=auth("k-pay"))
+    assert paid.status == 200, await paid.text()
+    hold = keys.hold("d-1", LAYOUT.of_sku(B))
+    assert await redis.ttl(hold) == -1
+    await gw.caught_up()
+    await gw.expire_record("d-1")
+    shipped = await gw.client.post("/v1/orders/d-1/ship", json={}, headers=auth("k-ops"))
+    assert shipped.status == 200, await shipped.text()
+    a, b = await gw.stock(A), await gw.stock(B)
+    assert (a["on_hand"], a["reserved"], b["on_hand"], b["reserved"]) == (4, 0, 3, 0)
+    assert 0 < await redis.ttl(hold)  # shipped: it lives as the order's record does
+    await gw.caught_up()
+    assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]
+
+
 async def test_a_replay_of_a_cancelled_order_is_answered_though_its_held_stock_sold_since(make_gateway, redis):
     """The cancel released the hold; a replay takes nothing and gets the order, as on one
     partition, whether the unit is there or sold since. (It used to take the released part
@@ -135,8 +160,8 @@ async def test_a_replay_of_a_cancelled_order_is_answered_though_its_held_stock_s
 
 
 async def test_an_id_whose_cancelled_order_record_is_gone_takes_its_released_part_anew(make_gateway, redis):
-    """The primary's record lives OMS_RECORD_TTL after a cancel, its hold elsewhere may live
-    longer: once the record is gone the id is free, and a new order takes that part again."""
+    """The primary's record lives OMS_IDEMPOTENCY_TTL after a cancel, its hold elsewhere about
+    as long: once the record is gone the id is free, and a new order takes that part again."""
     gw = await span_gateway(make_gateway)
     await gw.set_stock(A, {"W1": 5})
     await gw.set_stock(B, {"W1": 5})
@@ -152,9 +177,9 @@ async def test_an_id_whose_cancelled_order_record_is_gone_takes_its_released_par
 
 
 async def test_a_replay_after_its_hold_record_lapsed_takes_the_part_once(make_gateway, redis):
-    """A cancel sets the order's record to live OMS_RECORD_TTL from then, so it may outlive its
-    hold record elsewhere. The first replay after that takes the part and gives it back; it
-    leaves it marked as a part of an order that exists, so later replays take nothing."""
+    """Should a hold's record lapse before its order's (both live OMS_IDEMPOTENCY_TTL once
+    settled), the first replay takes the part and gives it back; it leaves it marked as a
+    part of an order that exists, so later replays take nothing."""
     gw = await span_gateway(make_gateway)
     await gw.set_stock(A, {"W1": 5})
     await gw.set_stock(B, {"W1": 5})
@@ -185,9 +210,9 @@ async def test_holds_a_dead_process_left_are_given_back_and_its_late_primary_is_
     taken = await scripts.call("hold", ks, args)  # then the process died
     assert taken[0] == 1 and int(taken[3]) == 1  # the part's first generation
     assert (await gw.stock(B))["available"] == 3
-    assert await spans.sweep(scripts, LAYOUT, q) == 0  # not stale yet
+    assert await spans.sweep(scripts, LAYOUT, q, lives=3600) == 0  # not stale yet
     await redis.zadd(keys.holds(q), {"dead-1": int(time.time() * 1000) - spans.STALE_MS - 1})
-    assert await spans.sweep(scripts, LAYOUT, q) == 1
+    assert await spans.sweep(scripts, LAYOUT, q, lives=3600) == 1
     assert (await gw.stock(B))["available"] == 5  # given back
     order = decode_order(orjson.dumps(payload))  # the dead process's reserve, arriving late
     late = await gw.app[K.COALESCER]._primary(order, raw.encode(), "", 0, {LAYOUT.of_sku(A): [0], q: [1]},
@@ -223,7 +248,7 @@ async def test_two_processes_expire_and_sweep_at_once_and_every_unit_comes_back_
     assert await levels(gws[0], A, B, C) == [(12, 8), (9, 11), (12, 8)]
     await asyncio.sleep(max(0.0, until - time.time() + 0.05))  # expiry is about time passing
     await asyncio.gather(*(gw.app[K.EXPIRER].expire_due() for gw in gws),
-                         *(spans.sweep(gw.app[K.SCRIPTS], LAYOUT, q) for gw in gws))
+                         *(spans.sweep(gw.app[K.SCRIPTS], LAYOUT, q, lives=3600) for gw in gws))
     await asyncio.gather(*(gw.app[K.EXPIRER].wait_pass() for gw in gws))
     assert await levels(gws[0], A, B, C) == [(20, 0)] * 3
     for p in LAYOUT.all():
@@ -254,7 +279,7 @@ async def test_a_dead_attempt_with_another_payload_gives_back_only_its_own_hold(
                                version=gw.app[K.WAREHOUSES].versions[q], lives=3600)
     assert (await gw.app[K.SCRIPTS].call("hold", ks, args))[0] == 1  # then its process died
     await redis.zadd(keys.holds(q), {"w-1": int(time.time() * 1000) - spans.STALE_MS - 1})
-    assert await spans.sweep(gw.app[K.SCRIPTS], LAYOUT, q) == 1
+    assert await spans.sweep(gw.app[K.SCRIPTS], LAYOUT, q, lives=3600) == 1
     assert await levels(gw, A, B, C) == [(4, 1), (4, 1), (5, 0)]
     assert await redis.ttl(await gw.order_key("w-1")) >= ttl - 5  # no tombstone's 30 s
     assert await redis.hget(keys.hold("w-1", LAYOUT.of_sku(B)), "s") == b"held"
@@ -269,7 +294,7 @@ async def test_a_committed_order_keeps_its_holds_and_a_lost_status_is_caught_up(
     assert (await buy(gw, "c-1", [(A, 1), (B, 2)])).status == 201
     p, q = LAYOUT.of_sku(A), LAYOUT.of_sku(B)
     await redis.zadd(keys.holds(q), {"c-1": 1})  # as if its process died before the commit
-    assert await spans.sweep(scripts, LAYOUT, q) == 1
+    assert await spans.sweep(scripts, LAYOUT, q, lives=3600) == 1
     assert await redis.hget(keys.hold("c-1", q), "s") == b"held" and (await gw.stock(B))["reserved"] == 2
     payload = orjson.loads(await redis.hget(keys.order("c-1", p), "p"))
     ks, args = transition_call("c-1", payload, "cancel", {"reason": "ops"}, reason="ops", record_ttl=3600,
@@ -277,7 +302,7 @@ async def test_a_committed_order_keeps_its_holds_and_a_lost_status_is_caught_up(
     await scripts.call("transition", ks, args)  # cancelled, then the process died before its holds heard
     assert await levels(gw, A, B) == [(5, 0), (3, 2)]
     await redis.zadd(keys.remote(p), {"c-1": 1})
-    assert await spans.sweep(scripts, LAYOUT, p) == 1
+    assert await spans.sweep(scripts, LAYOUT, p, lives=3600) == 1
     assert await levels(gw, A, B) == [(5, 0), (5, 0)]
     await gw.caught_up()
     assert (await reconcile(redis, pg, layout=LAYOUT))["ok"]

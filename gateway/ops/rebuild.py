@@ -256,7 +256,8 @@ async def _orders(
             hold = keys.hold(r["order_id"], q)
             alloc = ";".join(",".join(f"{wh}={qty}" for wh, qty in groups[j]) for j in idx)
             out.pipe.hset(hold, mapping={"p": record["p"], "a": alloc, "s": state, "m": p, "k": "1"})
-            out.pipe.expire(hold, ttl)
+            if state != "held":  # a held part's record lives as long as its units are held
+                out.pipe.expire(hold, ttl)
         for j, item in enumerate(items):  # reserve.lua and hold.lua: the SKU's holders
             out.pipe.zadd(keys.holders(item.sku, where[j]), {r["order_id"]: now_ms + ttl * 1000})
         await out.row_done()
