@@ -299,11 +299,11 @@ class Coalescer:
                     held[p] = (reply[1].decode(), bool(int(reply[2])), int(reply[3]))
                 elif code is Hold.STALE_WAREHOUSES:
                     stale = True
-                elif code is Hold.RELEASED:  # taken by nothing: a replay, or the id with another payload
+                elif code is Hold.RELEASED and result is None:  # taken by nothing: the record answers
                     recorded = await self._recorded(order, payload, primary, epoch)
                     if recorded is None:
                         anew.add(p)
-                    elif result is None:
+                    else:
                         result = recorded
                 elif code is Hold.SHORT and await self._pull(order, parts[p][int(reply[1])], p, int(reply[2]), pulls):
                     pulled = True
@@ -379,8 +379,9 @@ class Coalescer:
 
     async def _recorded(self, order: OrderIn, payload: bytes, primary: str, epoch: int) -> Result | Exception | None:
         """What the primary's record of the order answers (a replay, or the id with another
-        payload), as lua/reserve.lua would; None when it has none. A hold released when its
-        order was cancelled or expired takes again on a replay, and may find the stock gone."""
+        payload), as lua/reserve.lua would; None when it has none. Asked for a part released
+        with its order (Hold.RELEASED), and for a part whose hold record lapsed first, which
+        a replay takes again and may find the stock gone."""
         pipe = self.scripts.redis.pipeline(transaction=False)
         pipe.hmget(keys.order(order.order_id, primary), "p", "a", "c", "u", "s")
         ((seen, *fields),) = await self.scripts.execute(pipe)

@@ -97,7 +97,7 @@ class Scripts:
         """Queue a WAITAOF behind the pipeline's commands to each node holding a key of
         ``written``, on the connection that sent them: WAITAOF covers that connection's writes,
         one per node (a batch over several partitions of a cluster reaches several)."""
-        targets = {getattr(r.get("target_nodes"), "name", ""): r for r in map(lambda k: route(self.redis, k), written)}
+        targets = {getattr(r.get("target_nodes"), "name", ""): r for r in (route(self.redis, k) for k in written)}
         for target in targets.values():
             pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_ms, **target)
         return len(targets)

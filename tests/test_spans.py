@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from typing import Any
 
 import orjson
 
@@ -31,6 +32,23 @@ async def span_gateway(make_gateway, **overrides):
 async def buy(gw, order_id: str, lines: list[tuple[str, int]], user: str = "u-1"):
     return await gw.post("/v1/orders", order_body(order_id, user, [{"sku": s, "qty": q} for s, q in lines]),
                          auth("k-web"))
+
+
+async def died_after_its_hold(gw, order_id: str, user: str, sku: str, qty: int) -> tuple[dict[str, Any], str, Any]:
+    """The hold of an order of (A, 1) and (sku, qty), taken in sku's partition as by a process
+    that died next: never committed, and no primary. Returns the order's body, its payload as
+    the gateway encodes it, and the take's reply."""
+    body = order_body(order_id, user, [{"sku": A, "qty": 1}, {"sku": sku, "qty": qty}])
+    raw = encode(decode_order(orjson.dumps(body))).decode()
+    q, cache = LAYOUT.of_sku(sku), gw.app[K.WAREHOUSES]
+    ks, args = spans.hold_call("take", order_id, raw, q, [[sku, qty, list(cache.order("priority", None))]],
+                               arg=LAYOUT.of_sku(A), version=cache.versions[q], lives=3600)
+    return body, raw, await gw.app[K.SCRIPTS].call("hold", ks, args)
+
+
+async def stale(redis, order_id: str, sku: str) -> None:
+    """The hold of ``order_id`` in sku's partition listed as taken longer ago than the sweep waits."""
+    await redis.zadd(keys.holds(LAYOUT.of_sku(sku)), {order_id: int(time.time() * 1000) - spans.STALE_MS - 1})
 
 
 async def levels(gw, *names: str) -> list[tuple[int, int]]:
@@ -201,17 +219,12 @@ async def test_holds_a_dead_process_left_are_given_back_and_its_late_primary_is_
     scripts = gw.app[K.SCRIPTS]
     await gw.set_stock(A, {"W1": 5})
     await gw.set_stock(B, {"W1": 5})
-    payload = order_body("dead-1", "u-1", [{"sku": A, "qty": 1}, {"sku": B, "qty": 2}])
-    pref = list(gw.app[K.WAREHOUSES].order("priority", None))
     q = LAYOUT.of_sku(B)
-    raw = encode(decode_order(orjson.dumps(payload))).decode()  # the payload as the gateway encodes it
-    ks, args = spans.hold_call("take", "dead-1", raw, q, [[B, 2, pref]], arg=LAYOUT.of_sku(A),
-                               version=gw.app[K.WAREHOUSES].versions[q], lives=3600)
-    taken = await scripts.call("hold", ks, args)  # then the process died
+    payload, raw, taken = await died_after_its_hold(gw, "dead-1", "u-1", B, 2)
     assert taken[0] == 1 and int(taken[3]) == 1  # the part's first generation
     assert (await gw.stock(B))["available"] == 3
     assert await spans.sweep(scripts, LAYOUT, q, lives=3600) == 0  # not stale yet
-    await redis.zadd(keys.holds(q), {"dead-1": int(time.time() * 1000) - spans.STALE_MS - 1})
+    await stale(redis, "dead-1", B)
     assert await spans.sweep(scripts, LAYOUT, q, lives=3600) == 1
     assert (await gw.stock(B))["available"] == 5  # given back
     order = decode_order(orjson.dumps(payload))  # the dead process's reserve, arriving late
@@ -239,12 +252,8 @@ async def test_two_processes_expire_and_sweep_at_once_and_every_unit_comes_back_
         assert resp.status == 201, await resp.text()
         until = max(until, dt.datetime.fromisoformat((await resp.json())["reserved_until"]).timestamp())
     q = LAYOUT.of_sku(B)
-    raw = encode(decode_order(orjson.dumps(order_body("dead-2", "u-9", [{"sku": A, "qty": 1},
-                                                                         {"sku": B, "qty": 3}])))).decode()
-    ks, args = spans.hold_call("take", "dead-2", raw, q, [[B, 3, ["W1"]]], arg=LAYOUT.of_sku(A),
-                               version=gws[0].app[K.WAREHOUSES].versions[q], lives=3600)
-    assert (await gws[0].app[K.SCRIPTS].call("hold", ks, args))[0] == 1  # then its process died
-    await redis.zadd(keys.holds(q), {"dead-2": int(time.time() * 1000) - spans.STALE_MS - 1})
+    assert (await died_after_its_hold(gws[0], "dead-2", "u-9", B, 3))[2][0] == 1
+    await stale(redis, "dead-2", B)
     assert await levels(gws[0], A, B, C) == [(12, 8), (9, 11), (12, 8)]
     await asyncio.sleep(max(0.0, until - time.time() + 0.05))  # expiry is about time passing
     await asyncio.gather(*(gw.app[K.EXPIRER].expire_due() for gw in gws),
@@ -272,14 +281,9 @@ async def test_a_dead_attempt_with_another_payload_gives_back_only_its_own_hold(
         await gw.set_stock(sku, {"W1": 5})
     assert (await buy(gw, "w-1", [(A, 1), (B, 1)])).status == 201
     ttl = await redis.ttl(await gw.order_key("w-1"))
-    q = LAYOUT.of_sku(C)
-    raw = encode(decode_order(orjson.dumps(order_body("w-1", "u-1", [{"sku": A, "qty": 1},
-                                                                      {"sku": C, "qty": 2}])))).decode()
-    ks, args = spans.hold_call("take", "w-1", raw, q, [[C, 2, ["W1"]]], arg=LAYOUT.of_sku(A),
-                               version=gw.app[K.WAREHOUSES].versions[q], lives=3600)
-    assert (await gw.app[K.SCRIPTS].call("hold", ks, args))[0] == 1  # then its process died
-    await redis.zadd(keys.holds(q), {"w-1": int(time.time() * 1000) - spans.STALE_MS - 1})
-    assert await spans.sweep(gw.app[K.SCRIPTS], LAYOUT, q, lives=3600) == 1
+    assert (await died_after_its_hold(gw, "w-1", "u-1", C, 2))[2][0] == 1  # another payload, its own hold
+    await stale(redis, "w-1", C)
+    assert await spans.sweep(gw.app[K.SCRIPTS], LAYOUT, LAYOUT.of_sku(C), lives=3600) == 1
     assert await levels(gw, A, B, C) == [(4, 1), (4, 1), (5, 0)]
     assert await redis.ttl(await gw.order_key("w-1")) >= ttl - 5  # no tombstone's 30 s
     assert await redis.hget(keys.hold("w-1", LAYOUT.of_sku(B)), "s") == b"held"
